@@ -1,0 +1,35 @@
+# `make repro` runs the pipeline, `make test` runs the tests; both set everything up first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup init repro test bench clean-venv
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# Prefer a local CPU build of torch where the machine has one (no multi-GB CUDA download);
+	@# elsewhere the loose range in pyproject.toml picks torch from the index.
+	-$(PY) -m pip install -q --no-index "torch==2.13.0" 2>/dev/null
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+init: setup
+	@[ -d .git ] || git init -q
+	@[ -d .dvc ] || dvc init -q
+
+repro: init
+	dvc repro
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/tokenize_throughput.py
+	$(PY) benchmarks/cache_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,208 @@
+"""The one schema of params.yaml.
+
+Every stage validates the whole file before it does any work, so a typo anywhere fails
+fast, names the key path and says what is allowed, and leaves existing outputs alone.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from monosemantic.errors import UserError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- corpus
+class BuiltinSource(_Section):
+    """Real text shipped with the Python interpreter: works offline, everywhere."""
+
+    kind: Literal["builtin"]
+    weight: float = Field(1.0, gt=0)
+    parts: list[Literal["docs", "docstrings", "code"]] = Field(
+        default=["docs", "docstrings", "code"], min_length=1
+    )
+
+
+class FilesSource(_Section):
+    kind: Literal["files"]
+    weight: float = Field(1.0, gt=0)
+    paths: list[str] = Field(min_length=1, description="globs of .txt, .jsonl or .parquet files")
+    text_field: str = "text"
+    encoding_errors: Literal["error", "replace", "skip"] = "error"
+
+
+class HFSource(_Section):
+    kind: Literal["hf"]
+    weight: float = Field(1.0, gt=0)
+    path: str = Field(description="dataset name on the hub, or a builder such as 'parquet'")
+    name: str | None = None
+    data_files: list[str] | None = None
+    split: str = "train"
+    revision: str | None = None
+    text_field: str = "text"
+
+
+class SyntheticSource(_Section):
+    """Seeded domains planted so that later stages can check the SAE finds them."""
+
+    kind: Literal["synthetic"]
+    weight: float = Field(1.0, gt=0)
+    domains: list[Literal["base64", "hex", "dna"]] = Field(
+        default=["base64", "hex", "dna"], min_length=1
+    )
+
+
+Source = Annotated[
+    Union[BuiltinSource, FilesSource, HFSource, SyntheticSource], Field(discriminator="kind")
+]
+
+
+class CorpusParams(_Section):
+    sources: list[Source] = Field(min_length=1)
+    max_chars: int = Field(gt=0, description="total size cap, shared by sources in proportion to weight")
+    seed: int = 0
+    shard_docs: int = Field(5000, gt=0, description="documents per parquet shard")
+
+
+# ---------------------------------------------------------------- tokenizer / tokenize
+class TokenizerParams(_Section):
+    kind: Literal["train", "file"] = "train"
+    vocab_size: int = Field(4096, ge=260, le=1_000_000)
+    min_frequency: int = Field(2, ge=1)
+    path: str | None = Field(None, description="an existing tokenizer.json, when kind is 'file'")
+    separator: str = "<|endoftext|>"
+
+    @model_validator(mode="after")
+    def _path_for_file(self):
+        if self.kind == "file" and not self.path:
+            raise ValueError("kind 'file' needs tokenizer.path (a tokenizer.json)")
+        return self
+
+
+class TokenizeParams(_Section):
+    ctx: int = Field(128, ge=2, le=65536)
+    eval_fraction: float = Field(0.05, gt=0, lt=1)
+    seed: int = 0
+
+
+# ---------------------------------------------------------------- model
+class HFModelParams(_Section):
+    name_or_path: str
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class ModelParams(_Section):
+    source: Literal["builtin", "hf"] = "builtin"
+    hook: str = Field("mlp.act", description="dotted path of the module whose output is cached")
+    d_model: int = Field(128, gt=0)
+    n_heads: int = Field(4, gt=0)
+    d_mlp: int = Field(512, gt=0)
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(32, ge=1, description="sequences per step")
+    lr: float = Field(3e-3, gt=0, le=1)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    eval_tokens: int = Field(200_000, gt=0)
+    log_every: int = Field(20, ge=1)
+    checkpoint_every: int = Field(200, ge=1)
+    seed: int = 0
+    hf: HFModelParams | None = None
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.source == "hf" and self.hf is None:
+            raise ValueError("source 'hf' needs model.hf.name_or_path")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        return self
+
+
+# ---------------------------------------------------------------- activations
+class ActivationsParams(_Section):
+    max_train_tokens: int = Field(gt=0)
+    max_eval_tokens: int = Field(gt=0)
+    batch_seqs: int = Field(64, gt=0, description="sequences per forward pass")
+    chunk_seqs: int = Field(16, gt=0, description="sequences per Zarr chunk (aim for 1-4 MB)")
+    shard_chunks: int = Field(16, gt=0, description="chunks per shard file")
+    compressor: Literal["lz4", "zstd", "none"] = "lz4"
+    clevel: int = Field(5, ge=0, le=9)
+
+
+class Params(_Section):
+    # Every section is required: DVC tracks them by name, so each must be written out.
+    corpus: CorpusParams
+    tokenizer: TokenizerParams
+    tokenize: TokenizeParams
+    model: ModelParams
+    activations: ActivationsParams
+
+
+class ParamsError(UserError):
+    pass
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path} not found: run from the project root, or copy params.yaml there")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        lines = "\n".join(f"  - {_describe(err)}" for err in e.errors())
+        raise ParamsError(f"{path} is invalid ({e.error_count()} problem(s)):\n{lines}") from None
+
+
+_SOURCE_KINDS = {
+    typing.get_args(cls.model_fields["kind"].annotation)[0]: cls
+    for cls in (BuiltinSource, FilesSource, HFSource, SyntheticSource)
+}
+
+
+def _describe(err: dict[str, Any]) -> str:
+    """One readable line: key path, the bad value, what is allowed."""
+    model, parent, keys = Params, None, []
+    for part in err["loc"]:
+        if isinstance(part, int):
+            keys.append(part)
+            continue
+        # A discriminated union puts the tag in the location: not a key the user wrote.
+        if model is not None and part not in model.model_fields and part in _SOURCE_KINDS:
+            model = _SOURCE_KINDS[part]
+            continue
+        keys.append(part)
+        parent, model = model, _model_under(model, part)
+    path = ".".join(str(k) for k in keys)
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(parent.model_fields) if parent is not None else "?"
+        return f"{path}: unknown key (a typo?); allowed keys here: {allowed}"
+    if err["type"] == "missing":
+        return f"{path}: required key is missing"
+    return f"{path}: got {err.get('input')!r}; {err['msg']}"
+
+
+def _model_under(model, key: str):
+    """The pydantic model, if any, that holds the value under `key`."""
+    field = model.model_fields.get(key) if model is not None else None
+    return _find_model(field.annotation) if field is not None else None
+
+
+def _find_model(annotation):
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if (found := _find_model(arg)) is not None:
+            return found
+    return None

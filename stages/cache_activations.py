@@ -1,0 +1,51 @@
+"""cache_activations: run the subject model over the tokens and store its hooked activations."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from monosemantic.activations import Layout, cache_activations
+from monosemantic.errors import UserError
+from monosemantic.model import load_model, model_config
+from monosemantic.model.hooks import capture
+from monosemantic.tokens import read_tokens
+from stages._stage import run_stage
+
+OUT = Path("data/activations.zarr")
+
+
+def main() -> None:
+    with run_stage("cache_activations", "activations") as s:
+        p, hook = s.section, s.params.model.hook
+        s.input("tokens", "data/tokens.zarr")
+        s.input("model", "models/transformer")
+        store = read_tokens("data/tokens.zarr")
+        model = load_model("models/transformer")
+        n_train = min(store.n_train, p.max_train_tokens // store.ctx)
+        n_eval = min(store.n_eval, p.max_eval_tokens // store.ctx)
+        if n_train == 0 or n_eval == 0:
+            raise UserError(
+                f"activations.max_train_tokens and max_eval_tokens must each hold at least one "
+                f"context of {store.ctx} tokens"
+            )
+        rows = np.concatenate([np.arange(n_train), store.n_train + np.arange(n_eval)])
+        d = capture(model, hook, torch.from_numpy(store.tokens[:1]).long()).shape[-1]
+        train_tokens = n_train * store.ctx
+        attrs = {
+            "hook": hook,
+            "model_config": model_config("models/transformer"),
+            "splits": {"train": [0, train_tokens], "eval": [train_tokens, len(rows) * store.ctx]},
+            "provenance": s.record(hook=hook),
+        }
+        layout = Layout(store.ctx, p.chunk_seqs, p.shard_chunks, p.compressor, p.clevel)
+        stats = cache_activations(
+            lambda t: capture(model, hook, t), store.tokens, rows, OUT, d, layout, p.batch_seqs,
+            attrs, s.fingerprint(hook),
+        )
+        stats.pop("complete")
+        s.metrics("metrics/activations.json", stats)
+
+
+if __name__ == "__main__":
+    main()
