@@ -39,6 +39,22 @@ def pack(docs: Sequence[np.ndarray], sep_id: int, ctx: int, seed: int) -> np.nda
     return flat[: n_seq * ctx].reshape(n_seq, ctx)
 
 
+def tokenize_documents(tok, texts: list[str], separator: str, ctx: int, eval_fraction: float, seed: int):
+    """Encode `texts` and return ``(train_rows, eval_rows, n_train_docs, n_eval_docs, n_tokens)``."""
+    docs = [np.array(e.ids, dtype=np.int32) for e in tok.encode_batch_fast(texts)]
+    train_idx, eval_idx = split_documents(len(docs), eval_fraction, seed)
+    sep_id = tok.token_to_id(separator)
+    train = pack([docs[i] for i in train_idx], sep_id, ctx, seed)
+    eval_ = pack([docs[i] for i in eval_idx], sep_id, ctx, seed + 1)
+    for name, rows, n in (("train", train, len(train_idx)), ("eval", eval_, len(eval_idx))):
+        if len(rows) == 0:
+            raise UserError(
+                f"the {name} split ({n} documents) is shorter than one context of {ctx} tokens; "
+                "lower tokenize.ctx, change tokenize.eval_fraction or add text to the corpus"
+            )
+    return train, eval_, len(train_idx), len(eval_idx), int(sum(len(d) for d in docs))
+
+
 @dataclass(frozen=True)
 class TokenStore:
     """The packed tokens: rows ``[0, n_train)`` are train, ``[n_train, n_seq)`` are eval."""

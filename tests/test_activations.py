@@ -1,0 +1,140 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from hypothesis import given, settings, strategies as st
+
+from monosemantic.activations import Layout, cache_activations, open_store
+from monosemantic.errors import UserError
+
+D = 24
+
+
+def fake_acts(tokens: torch.Tensor) -> torch.Tensor:
+    """Deterministic activations that encode the token and its position, to check alignment."""
+    pos = torch.arange(tokens.shape[1]).expand_as(tokens)
+    feats = torch.stack([tokens.float() / 7 + k * pos.float() / 13 for k in range(D)], -1)
+    return torch.relu(torch.sin(feats))
+
+
+def token_rows(n_seq, ctx, seed=0):
+    return np.random.default_rng(seed).integers(0, 5000, (n_seq, ctx), dtype=np.int32)
+
+
+def run(out, tokens, rows, layout, **kw):
+    return cache_activations(fake_acts, tokens, rows, out, D, layout, batch_seqs=3,
+                             attrs={"splits": {}}, fingerprint="fp", **kw)
+
+
+@given(n_seq=st.integers(1, 40), ctx=st.integers(2, 9), chunk_seqs=st.integers(1, 5), shard_chunks=st.integers(1, 4))
+@settings(max_examples=25, deadline=None)
+def test_store_holds_aligned_activations(tmp_path_factory, n_seq, ctx, chunk_seqs, shard_chunks):
+    out = tmp_path_factory.mktemp("s") / "acts.zarr"
+    tokens = token_rows(n_seq + 5, ctx)
+    rows = np.arange(5, 5 + n_seq)
+    layout = Layout(ctx, chunk_seqs, shard_chunks)
+    stats = run(out, tokens, rows, layout)
+    store = open_store(out)
+    g = store.group
+    assert g["acts"].dtype == np.float16 and g["acts"].shape == (n_seq * ctx, D)
+    assert (g["tokens"][:] == tokens[rows].ravel()).all()
+    assert (g["seq"][:] == np.repeat(rows, ctx)).all()
+    assert (g["pos"][:] == np.tile(np.arange(ctx), n_seq)).all()
+    expected = fake_acts(torch.from_numpy(tokens[rows]).long()).reshape(-1, D).half().numpy()
+    assert (g["acts"][:] == expected).all()
+    assert stats["tokens"] == n_seq * ctx
+    assert "shards_done" not in g.attrs and "fingerprint" not in g.attrs
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_zarr_token_source_and_file_count(tmp_path):
+    tokens = token_rows(300, 8)
+    src = zarr.create_array(tmp_path / "tok.zarr", shape=tokens.shape, dtype="int32", chunks=(64, 8))
+    src[:] = tokens
+    layout = Layout(8, chunk_seqs=4, shard_chunks=5)
+    stats = run(tmp_path / "a.zarr", src, np.arange(300), layout)
+    n_shards = -(-300 // layout.shard_seqs)
+    assert stats["files"] == 4 * n_shards + 5  # one file per shard per array + zarr.json files
+    assert (open_store(tmp_path / "a.zarr").group["tokens"][:] == tokens.ravel()).all()
+
+
+def _files(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_interrupted_run_resumes_to_identical_bytes(tmp_path):
+    tokens, rows, layout = token_rows(100, 6), np.arange(100), Layout(6, 3, 2)
+    run(tmp_path / "full.zarr", tokens, rows, layout)
+    partial = run(tmp_path / "resumed.zarr", tokens, rows, layout, stop_after_shards=7)
+    assert partial == {"complete": False, "shards_done": 7}
+    assert not (tmp_path / "resumed.zarr").exists()
+    run(tmp_path / "resumed.zarr", tokens, rows, layout)
+    assert _files(tmp_path / "full.zarr") == _files(tmp_path / "resumed.zarr")
+
+
+def test_partial_from_other_inputs_is_discarded(tmp_path):
+    tokens, rows, layout = token_rows(40, 4), np.arange(40), Layout(4, 2, 2)
+    run(tmp_path / "a.zarr", token_rows(40, 4, seed=9), rows, layout, stop_after_shards=3)
+    # Same output path, different fingerprint: the stale partial must not be reused.
+    cache_activations(fake_acts, tokens, rows, tmp_path / "a.zarr", D, layout, 3, {"splits": {}}, "other")
+    run(tmp_path / "b.zarr", tokens, rows, layout)
+    assert (open_store(tmp_path / "a.zarr").acts[:] == open_store(tmp_path / "b.zarr").acts[:]).all()
+
+
+KILLABLE = textwrap.dedent("""
+    import sys, time, numpy as np, torch
+    sys.path.insert(0, {tests!r})
+    from test_activations import fake_acts, token_rows, D
+    from monosemantic.activations import Layout, cache_activations
+    def slow(t):
+        time.sleep(0.05)
+        return fake_acts(t)
+    cache_activations(slow, token_rows(400, 6), np.arange(400), __import__("pathlib").Path({out!r}),
+                      D, Layout(6, 2, 2), 3, {{"splits": {{}}}}, "fp")
+""")
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    out = tmp_path / "killed.zarr"
+    script = KILLABLE.format(tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.DEVNULL)
+    partial = out.with_name(out.name + ".partial")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if (partial / "zarr.json").exists() and zarr.open_group(partial, mode="r").attrs.get("shards_done", 0) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = zarr.open_group(partial, mode="r").attrs["shards_done"]
+    assert 3 <= done < 100 and not out.exists()
+    tokens, rows, layout = token_rows(400, 6), np.arange(400), Layout(6, 2, 2)
+    run(out, tokens, rows, layout)
+    run(tmp_path / "clean.zarr", tokens, rows, layout)
+    assert _files(out) == _files(tmp_path / "clean.zarr")
+
+
+def test_corrupted_chunk_fails_loudly(tmp_path):
+    out = tmp_path / "a.zarr"
+    run(out, token_rows(32, 4), np.arange(32), Layout(4, 2, 2, compressor="none"))
+    shard = next(p for p in sorted((out / "acts").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    data = bytearray(shard.read_bytes())
+    data[10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(Exception, match="(?i)checksum|crc"):
+        open_store(out).acts[:]
+
+
+def test_nothing_to_cache_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no sequences"):
+        run(tmp_path / "a.zarr", token_rows(4, 4), np.arange(0), Layout(4))
+    with pytest.raises(UserError, match="not an activation store"):
+        open_store(tmp_path / "missing.zarr")

@@ -1,0 +1,221 @@
+"""End to end: the tiny params through `dvc repro` in a temporary git repo, real outputs checked."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+
+from monosemantic.model import load_model
+from monosemantic.model.hooks import capture
+from monosemantic.provenance import hash_path
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+
+
+def sh(*cmd, cwd, check=True, timeout=600):
+    res = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def copy_project(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    for stale in ("dvc.lock", "metrics", "plots", "data", "models"):
+        target = dest / stale
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    shutil.copy(ROOT / "tests/params_tiny.yaml", dest / "params.yaml")
+    sh("git", "init", "-q", cwd=dest)
+    sh("git", "add", "-A", cwd=dest)
+    sh("git", "commit", "-qm", "tiny", cwd=dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory):
+    path = copy_project(tmp_path_factory.mktemp("tiny"))
+    res = sh("dvc", "repro", cwd=path)
+    (path / "repro.log").write_text(res.stdout + res.stderr)
+    return path
+
+
+def clone_repo(repo: Path, dest: Path) -> Path:
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
+def set_params(path: Path, mutate) -> None:
+    raw = yaml.safe_load((path / "params.yaml").read_text())
+    mutate(raw)
+    (path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def test_outputs_have_the_contracted_shapes(repo):
+    import polars as pl
+
+    corpus = pl.concat([pl.read_parquet(p) for p in sorted((repo / "data/corpus").glob("*.parquet"))])
+    assert corpus.columns == ["doc_id", "source", "text"] and corpus["doc_id"].is_unique().all()
+    assert {"builtin/code", "synthetic/base64", "synthetic/dna"} <= set(corpus["source"])
+    tokens = zarr.open_group(repo / "data/tokens.zarr", mode="r")
+    assert tokens["tokens"].dtype == np.int32 and tokens["tokens"].shape[1] == 32
+    n_train = tokens.attrs["split"]["train"][1]
+    assert 0 < n_train < tokens["tokens"].shape[0]
+    assert json.loads((repo / "models/transformer/config.json").read_text())["d_mlp"] == 128
+    assert (repo / "models/transformer/model.safetensors").stat().st_size > 0
+
+
+def test_activation_store_is_aligned_with_tokens_and_model(repo):
+    acts = zarr.open_group(repo / "data/activations.zarr", mode="r")
+    tokens = zarr.open_group(repo / "data/tokens.zarr", mode="r")["tokens"]
+    a = acts["acts"]
+    assert a.dtype == np.float16 and a.shape == (48000, 128)
+    assert all(acts[k].shape == (48000,) and acts[k].dtype == np.int32 for k in ("tokens", "seq", "pos"))
+    seq, pos, tok = acts["seq"][:], acts["pos"][:], acts["tokens"][:]
+    assert (tokens.get_coordinate_selection((seq, pos)) == tok).all()
+    train_end = acts.attrs["splits"]["train"][1]
+    n_train_rows = zarr.open_group(repo / "data/tokens.zarr", mode="r").attrs["split"]["train"][1]
+    assert seq[:train_end].max() < n_train_rows <= seq[train_end:].min()  # eval rows are eval documents
+    model = load_model(repo / "models/transformer")
+    for row in (0, 700, 1499):  # recompute a few sequences
+        expected = capture(model, "mlp.act", torch.from_numpy(tokens[seq[row * 32]][None]).long())[0]
+        np.testing.assert_allclose(a[row * 32 : (row + 1) * 32], expected.half().numpy(), rtol=0, atol=1e-6)
+    files = sum(1 for p in (repo / "data/activations.zarr").rglob("*") if p.is_file())
+    assert files < 500
+    stats = json.loads((repo / "metrics/activations.json").read_text())
+    assert stats["tokens"] == 48000 and stats["compression_ratio"] > 1 and stats["mean_norm"] > 0
+
+
+def test_subject_model_learned(repo):
+    m = json.loads((repo / "metrics/transformer.json").read_text())
+    assert m["eval_loss"] < m["unigram_entropy"] - 0.5, m
+    assert m["tokens_seen"] == 150 * 32 * 32
+    curve = (repo / "plots/transformer/train.csv").read_text().splitlines()
+    assert curve[0].startswith("step,train_loss") and len(curve) == 16
+
+
+def test_repro_is_clean_and_a_second_repro_runs_nothing(repo):
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo).stdout
+    out = sh("dvc", "repro", cwd=repo).stdout
+    assert "Running stage" not in out and out.count("didn't change, skipping") == 5
+
+
+def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("monosemantic")
+    runs = {r.data.tags["monosemantic.stage"]: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations"}
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    out_md5 = {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])}
+
+    record = zarr.open_group(repo / "data/activations.zarr", mode="r").attrs["provenance"]
+    run = runs["cache_activations"]
+    assert record["mlflow_run_id"] == run.info.run_id
+    assert record["code"]["git_commit"] == sh("git", "rev-parse", "HEAD", cwd=repo).stdout.strip()
+    inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    for name, entry in record["inputs"].items():
+        assert entry["md5"] == out_md5[entry["path"]] == inputs[name]
+    assert hash_path(repo / "data/activations.zarr") == out_md5["data/activations.zarr"]
+    assert any(m.key == "train_loss" for m in client.get_metric_history(runs["train_model"].info.run_id, "train_loss"))
+    corpus_record = json.loads((repo / "data/corpus/provenance.json").read_text())
+    assert corpus_record["sources"][0]["python"] and corpus_record["mlflow_run_id"] == runs["corpus"].info.run_id
+
+
+def test_unknown_params_key_stops_repro_and_keeps_outputs(repo, tmp_path):
+    work = clone_repo(repo, tmp_path / "r")
+    before = hash_path(work / "models/transformer")
+    set_params(work, lambda r: r["model"].update(stpes=10))
+    res = sh("dvc", "repro", cwd=work, check=False)
+    assert res.returncode != 0
+    assert "model.stpes: unknown key" in res.stderr + res.stdout
+    assert hash_path(work / "models/transformer") == before
+
+
+@pytest.mark.parametrize(
+    "stage, mutate, message",
+    [
+        ("corpus", lambda r, d: r["corpus"]["sources"].append({"kind": "web"}), "corpus.sources.3"),
+        ("corpus", lambda r, d: r["corpus"].update(sources=[{"kind": "files", "paths": [f"{d}/missing/*.txt"]}]),
+         "matched no files"),
+        ("corpus", lambda r, d: r["corpus"].update(sources=[{"kind": "files", "paths": [f"{d}/latin1.txt"]}]),
+         "latin1.txt byte 3 is not valid UTF-8"),
+        ("corpus", lambda r, d: r["corpus"].update(sources=[{"kind": "files", "paths": [f"{d}/blank.txt"]}]),
+         "corpus is empty"),
+        ("tokenize", lambda r, d: r["tokenize"].update(ctx=1), "tokenize.ctx: got 1"),
+        ("tokenize", lambda r, d: r["tokenize"].update(ctx=60000), "shorter than one context"),
+    ],
+)
+def test_bad_inputs_fail_clearly_and_keep_outputs(repo, tmp_path, stage, mutate, message):
+    work = clone_repo(repo, tmp_path / "r")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "blank.txt").write_text("\n\n")
+    out = {"corpus": "data/corpus", "tokenize": "data/tokens.zarr"}[stage]
+    before = hash_path(work / out)
+    set_params(work, lambda r: mutate(r, tmp_path))
+    res = sh(sys.executable, "-m", f"stages.{stage}", cwd=work, check=False)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert hash_path(work / out) == before
+
+
+def test_hf_model_source(repo, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    work = clone_repo(repo, tmp_path / "r")
+    cfg = transformers.GPT2Config(vocab_size=512, n_positions=32, n_embd=48, n_layer=1, n_head=4)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+
+    def use_hf(r):
+        r["model"].update(source="hf", hook="transformer.h.0.mlp.act", hf={"name_or_path": str(tmp_path / "gpt2")})
+
+    set_params(work, use_hf)
+    sh("dvc", "repro", "cache_activations", cwd=work)
+    assert (work / "models/transformer/model.safetensors").exists()
+    acts = zarr.open_group(work / "data/activations.zarr", mode="r")
+    assert acts["acts"].shape == (48000, 4 * 48) and acts.attrs["hook"] == "transformer.h.0.mlp.act"
+    assert acts.attrs["model_config"]["model_type"] == "gpt2"
+
+
+def test_killed_train_model_stage_resumes(repo, tmp_path):
+    work = clone_repo(repo, tmp_path / "r")
+    set_params(work, lambda r: r["model"].update(steps=600, checkpoint_every=100))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_model"], cwd=work, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = work / "checkpoints/train_model/checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    res = sh("dvc", "repro", "train_model", cwd=work)
+    assert "resuming subject-model training" in res.stdout + res.stderr
+    assert not ckpt.exists()
+    resumed = load_model(work / "models/transformer").state_dict()
+    fresh = clone_repo(repo, tmp_path / "fresh")
+    set_params(fresh, lambda r: r["model"].update(steps=600, checkpoint_every=100))
+    sh("dvc", "repro", "train_model", cwd=fresh)
+    clean = load_model(fresh / "models/transformer").state_dict()
+    assert all(torch.equal(resumed[k], clean[k]) for k in clean)
