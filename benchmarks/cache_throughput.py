@@ -47,7 +47,7 @@ def peak_rss_child(args) -> None:
 
     model, tokens, _ = subject(Path(args.model), args.seqs)
     with tempfile.TemporaryDirectory() as d:
-        run_cache(model, tokens, Path(d) / "a.zarr", Layout(128), 64)
+        run_cache(model, tokens, Path(d) / "a.zarr", Layout(128, compressor=args.compressor), 64)
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -55,13 +55,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seqs", type=int, default=4096, help="sequences of 128 tokens")
     ap.add_argument("--model", default="models/transformer")
+    ap.add_argument("--compressor", default="lz4", choices=["lz4", "zstd", "none"])
     ap.add_argument("--child", action="store_true")
     args = ap.parse_args()
     if args.child:
         return peak_rss_child(args)
 
     model, tokens, kind = subject(Path(args.model), args.seqs)
-    layout, batch = Layout(128), 64
+    layout, batch = Layout(128, compressor=args.compressor), 64
     capture(model, "mlp.act", torch.from_numpy(tokens[:batch]).long())  # warm-up
 
     t0 = time.perf_counter()
@@ -74,6 +75,7 @@ def main():
         full = time.perf_counter() - t0
     n_tok = tokens.size
     print(f"model={kind}")
+    print(f"compressor={args.compressor}")
     print(f"tokens={n_tok}")
     print(f"forward_only_tokens_per_s={n_tok / forward:.0f}")
     print(f"cache_tokens_per_s={n_tok / full:.0f}")
@@ -82,7 +84,8 @@ def main():
 
     rss = []
     for seqs in (args.seqs, 2 * args.seqs):
-        out = subprocess.run([sys.executable, __file__, "--child", "--seqs", str(seqs), "--model", args.model],
+        out = subprocess.run([sys.executable, __file__, "--child", "--seqs", str(seqs), "--model", args.model,
+                              "--compressor", args.compressor],
                              capture_output=True, text=True, check=True).stdout
         rss.append(json.loads(out.strip().splitlines()[-1])["peak_rss_mb"])
     print(f"peak_rss_mb_1x={rss[0]:.0f}")

@@ -138,3 +138,22 @@ def test_nothing_to_cache_is_a_clear_error(tmp_path):
         run(tmp_path / "a.zarr", token_rows(4, 4), np.arange(0), Layout(4))
     with pytest.raises(UserError, match="not an activation store"):
         open_store(tmp_path / "missing.zarr")
+
+
+@pytest.mark.parametrize("compressor", ["none", "lz4", "zstd"])
+@pytest.mark.parametrize("n_seq", [12, 7])  # whole shards, and a last shard with a padded chunk
+def test_our_shard_files_are_the_bytes_zarr_python_writes(tmp_path, compressor, n_seq):
+    from monosemantic.activations.store import _create
+
+    layout = Layout(4, chunk_seqs=2, shard_chunks=3, compressor=compressor)
+    tokens, rows = token_rows(n_seq, 4), np.arange(n_seq)
+    ours = tmp_path / "ours.zarr"
+    run(ours, tokens, rows, layout)
+    reference = _create(tmp_path / "ref.zarr", n_seq * 4, D, layout, {})
+    acts = fake_acts(torch.from_numpy(tokens).long()).reshape(-1, D).half().numpy()
+    reference["acts"][:] = acts
+    reference["tokens"][:] = tokens.ravel()
+    ours_files, ref_files = _files(ours), _files(tmp_path / "ref.zarr")
+    shards = [k for k in ref_files if k.name != "zarr.json"]
+    assert shards and all(ours_files[k] == ref_files[k] for k in shards if k.parts[0] in ("acts", "tokens"))
+    assert (open_store(ours).acts[:] == acts).all()
