@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -63,8 +62,6 @@ class Stage:
 
 @contextlib.contextmanager
 def run_stage(name: str, section: str) -> Iterator[Stage]:
-    if not sys.stderr.isatty():  # a log file (dvc repro > log, CI) wants a line now and then
-        os.environ.setdefault("TQDM_MININTERVAL", "15")
     try:
         params = load_params()
         with tracking.start_run(name, {section: getattr(params, section).model_dump(mode="json")},

@@ -1,6 +1,12 @@
 """corpus: mix the configured sources into parquet shards (doc_id, source, text)."""
 
-from monosemantic.corpus import build_corpus, check_sources, corpus_stats, describe_sources, write_corpus
+from monosemantic.corpus import (
+    build_corpus,
+    check_sources,
+    corpus_stats,
+    describe_sources,
+    write_corpus,
+)
 from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
 from stages._stage import run_stage
 

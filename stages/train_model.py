@@ -7,8 +7,8 @@ import torch
 
 from monosemantic.errors import UserError
 from monosemantic.model import Transformer, TransformerConfig, save_model, vocab_size
-from monosemantic.model.hooks import get_module
 from monosemantic.model.hf import load_hf_model
+from monosemantic.model.hooks import get_module
 from monosemantic.model.train import evaluate_loss, train_model, unigram_entropy
 from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
 from monosemantic.tokens import read_tokens

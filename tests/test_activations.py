@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monosemantic.activations import Layout, cache_activations, open_store
 from monosemantic.errors import UserError

@@ -2,10 +2,19 @@ import json
 
 import polars as pl
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from monosemantic.corpus import Document, build_corpus, budgets, check_sources, corpus_stats, take
-from monosemantic.corpus import builtin, synthetic
+from monosemantic.corpus import (
+    Document,
+    budgets,
+    build_corpus,
+    builtin,
+    check_sources,
+    corpus_stats,
+    synthetic,
+    take,
+)
 from monosemantic.errors import UserError
 from monosemantic.params import CorpusParams
 

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monosemantic.errors import UserError
 from monosemantic.tokenizer import load_tokenizer, train_bpe

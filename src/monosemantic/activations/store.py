@@ -21,18 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import google_crc32c
+import numcodecs
 import numpy as np
 import torch
 import zarr
 from tqdm import tqdm
-import google_crc32c
-import numcodecs
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from monosemantic.errors import UserError
 from monosemantic.provenance import replace_path
-
-ARRAYS = ("acts", "tokens", "seq", "pos")
 
 
 @dataclass(frozen=True)

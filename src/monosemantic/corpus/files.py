@@ -10,8 +10,8 @@ from typing import Iterator
 
 from monosemantic.corpus import Document
 from monosemantic.errors import UserError
-from monosemantic.provenance import file_md5
 from monosemantic.params import FilesSource
+from monosemantic.provenance import file_md5
 
 SUFFIXES = {".txt", ".jsonl", ".parquet"}
 

@@ -1,0 +1,88 @@
+"""Shuffled batches from the activation store, with bounded memory and an exact restart.
+
+Per epoch the store's chunks (whole sequences) are visited in a seeded random order, in
+windows of ``window_chunks`` chunks; each window's rows are shuffled together, so a batch mixes
+tokens from hundreds of contexts rather than arriving in context order. A background thread
+reads the next window while the current one is consumed. The position is the number of rows
+handed out; every window's order is a function of (seed, epoch, window), so a reader built
+with the same arguments and `start` continues exactly where a previous one stopped.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Iterator
+
+import numpy as np
+import torch
+import zarr
+
+
+class ShuffledReader:
+    def __init__(self, acts: zarr.Array, start_row: int, stop_row: int, batch_size: int, seed: int,
+                 window_chunks: int = 64, position: int = 0):
+        self.acts, self.batch_size, self.seed = acts, batch_size, seed
+        step = acts.chunks[0]
+        # Chunk-aligned pieces of [start_row, stop_row): whole chunks are the unit of reading.
+        edges = sorted({start_row, stop_row, *range(-(-start_row // step) * step, stop_row, step)})
+        self.pieces = [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+        self.rows_per_epoch = stop_row - start_row
+        if self.rows_per_epoch < batch_size:
+            raise ValueError(f"{self.rows_per_epoch} rows cannot fill one batch of {batch_size}")
+        self.window_chunks = window_chunks
+        self.position = position
+
+    def _windows(self, epoch: int) -> list[list[tuple[int, int]]]:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pieces))
+        pieces = [self.pieces[i] for i in order]
+        return [pieces[i : i + self.window_chunks] for i in range(0, len(pieces), self.window_chunks)]
+
+    def _window_rows(self, epoch: int, w: int, window: list[tuple[int, int]]) -> np.ndarray:
+        rows = np.concatenate([self.acts[a:b] for a, b in window])
+        return rows[np.random.default_rng([self.seed, epoch, w]).permutation(len(rows))]
+
+    def _stream(self) -> Iterator[np.ndarray]:
+        """Row blocks from the current position on, forever (epoch after epoch)."""
+        epoch, skip = divmod(self.position, self.rows_per_epoch)
+        while True:
+            for w, window in enumerate(self._windows(epoch)):
+                n = sum(b - a for a, b in window)
+                if skip >= n:
+                    skip -= n
+                    continue
+                yield self._window_rows(epoch, w, window)[skip:]
+                skip = 0
+            epoch += 1
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        blocks: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+
+        def prefetch():
+            for block in self._stream():
+                while not stop.is_set():
+                    try:
+                        blocks.put(block, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+
+        thread = threading.Thread(target=prefetch, daemon=True)
+        thread.start()
+        try:
+            pending, have = [], 0
+            while True:
+                while have < self.batch_size:
+                    block = blocks.get()
+                    pending.append(block)
+                    have += len(block)
+                rows = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                batch, rest = rows[: self.batch_size], rows[self.batch_size :]
+                pending, have = ([rest], len(rest)) if len(rest) else ([], 0)
+                self.position += self.batch_size
+                yield torch.from_numpy(batch.astype(np.float32))
+        finally:
+            stop.set()

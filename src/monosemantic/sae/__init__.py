@@ -1,0 +1,1 @@
+"""Sparse autoencoders: the model, neuron resampling."""

@@ -1,0 +1,61 @@
+import itertools
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings, strategies as st
+
+from monosemantic.activations.reader import ShuffledReader
+
+
+def store(tmp_path, n, chunk):
+    """Rows that spell their own index exactly in float16 (hi, lo)."""
+    arr = zarr.create_array(tmp_path / "a.zarr", shape=(n, 2), chunks=(chunk, 2), dtype="float16")
+    idx = np.arange(n)
+    arr[:] = np.stack([idx // 1000, idx % 1000], 1).astype(np.float16)
+    return arr
+
+
+def ids(batch):
+    b = batch.numpy().astype(np.int64)
+    return b[:, 0] * 1000 + b[:, 1]
+
+
+@given(n=st.integers(40, 300), chunk=st.integers(1, 32), start=st.integers(0, 30),
+       batch=st.integers(1, 40), window=st.integers(1, 6), seed=st.integers(0, 5))
+@settings(max_examples=40, deadline=None)
+def test_an_epoch_covers_each_row_once_and_restarts_exactly(tmp_path_factory, n, chunk, start, batch, window, seed):
+    arr = store(tmp_path_factory.mktemp("r"), n, chunk)
+    stop = n - 3
+    rows = stop - start
+    if rows < batch:
+        with pytest.raises(ValueError):
+            ShuffledReader(arr, start, stop, batch, seed, window)
+        return
+    reader = ShuffledReader(arr, start, stop, batch, seed, window)
+    n_batches = 2 * rows // batch + 1  # more than an epoch, across an epoch boundary
+    got = [ids(b) for b in itertools.islice(iter(reader), n_batches)]
+    stream = np.concatenate(got)
+    assert sorted(stream[:rows]) == list(range(start, stop))  # the first epoch: each row once
+    for k in (0, 1, n_batches // 2):  # a reader restarted at batch k continues identically
+        again = ShuffledReader(arr, start, stop, batch, seed, window, position=k * batch)
+        tail = [ids(b) for b in itertools.islice(iter(again), n_batches - k)]
+        assert all((x == y).all() for x, y in zip(tail, got[k:]))
+
+
+def test_batches_mix_contexts_and_depend_on_the_seed(tmp_path):
+    ctx, n = 16, 16 * 200
+    arr = store(tmp_path, n, chunk=ctx * 4)
+    first = ids(next(iter(ShuffledReader(arr, 0, n, 256, seed=0))))
+    contexts = first // ctx
+    assert len(set(contexts)) > 100  # 256 tokens from well over 100 of the 200 contexts
+    assert (np.diff(first) != 1).mean() > 0.95  # not in order
+    other = ids(next(iter(ShuffledReader(arr, 0, n, 256, seed=1))))
+    assert not (first == other).all()
+
+
+def test_memory_is_bounded_by_the_window(tmp_path):
+    arr = store(tmp_path, 4000, chunk=10)
+    reader = ShuffledReader(arr, 0, 4000, 50, seed=0, window_chunks=4)
+    blocks = list(itertools.islice(reader._stream(), 20))
+    assert max(len(b) for b in blocks) == 40  # 4 chunks of 10 rows at a time

@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from monosemantic.sae.model import SparseAutoencoder, geometric_median
+from monosemantic.sae.resample import ENCODER_SCALE, per_input_loss, resample
+
+
+def test_forward_is_the_papers_formula():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(6, 10)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_()
+    x = torch.randn(5, 6)
+    out = sae(x, l1_coefficient=0.3)
+    f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+    x_hat = f @ sae.W_dec + sae.b_dec
+    mse = ((x_hat - x) ** 2).mean()
+    l1 = f.abs().sum(dim=1).mean()
+    torch.testing.assert_close(out.f, f)
+    torch.testing.assert_close(out.x_hat, x_hat)
+    torch.testing.assert_close(out.loss, mse + 0.3 * l1)
+    assert sae.W_enc.shape == (6, 10) and sae.W_dec.shape == (10, 6)
+
+
+def test_decoder_gradient_projection_removes_the_parallel_part():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(8, 16)
+    sae(torch.randn(32, 8), 0.1).loss.backward()
+    before = sae.W_dec.grad.clone()
+    sae.remove_parallel_gradient()
+    parallel = (sae.W_dec.grad * sae.W_dec).sum(1)
+    assert parallel.abs().max() < 1e-6
+    assert not torch.allclose(before, sae.W_dec.grad)
+
+
+def test_decoder_rows_stay_unit_norm_through_training():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(16, 64)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(200):
+        x = torch.relu(torch.randn(64, 16))
+        opt.zero_grad()
+        sae(x, 0.05).loss.backward()
+        sae.remove_parallel_gradient()
+        opt.step()
+        sae.normalize_decoder()
+        assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
+
+
+def test_geometric_median_minimises_summed_distance_and_resists_outliers():
+    torch.manual_seed(0)
+    pts = torch.randn(200, 3)
+    pts[:10] += 100.0  # outliers drag the mean, barely the median
+    med = geometric_median(pts)
+    cost = lambda c: (pts - c).norm(dim=1).sum()
+    assert cost(med) <= cost(pts.mean(0))
+    for delta in torch.eye(3) * 1e-2:
+        assert cost(med) <= cost(med + delta) + 1e-4 and cost(med) <= cost(med - delta) + 1e-4
+    assert med.norm() < 1.0 < pts.mean(0).norm()
+
+
+def _trained_state(d_in=5, d_sae=7):
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(d_in, d_sae)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    sae(torch.randn(20, d_in), 0.1).loss.backward()
+    opt.step()
+    return sae, opt
+
+
+def test_resampling_sets_decoder_encoder_bias_and_resets_adam_for_dead_only():
+    sae, opt = _trained_state()
+    dead = torch.tensor([False, True, False, False, True, False, False])
+    inputs = torch.randn(50, 5)
+    losses = torch.zeros(50)
+    losses[17] = 3.0  # every draw must pick input 17
+    alive_norm = sae.W_enc[:, ~dead].norm(dim=0).mean()
+    before = {p: (opt.state[p]["exp_avg"].clone(), opt.state[p]["exp_avg_sq"].clone(), p.detach().clone())
+              for p in (sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec)}
+    drawn = resample(sae, opt, dead, inputs, losses)
+    assert drawn.tolist() == [17, 17] and ENCODER_SCALE == 0.2  # the paper's value
+    unit = inputs[17] / inputs[17].norm()
+    for i in (1, 4):
+        torch.testing.assert_close(sae.W_dec[i], unit)
+        torch.testing.assert_close(sae.W_enc[:, i], unit * ENCODER_SCALE * alive_norm)
+        torch.testing.assert_close(sae.W_enc[:, i].norm(), ENCODER_SCALE * alive_norm)
+        assert sae.b_enc[i] == 0
+    alive = (~dead).nonzero().squeeze(1)
+    for p, (m, v, value) in before.items():
+        st = opt.state[p]
+        if p is sae.b_dec:
+            assert torch.equal(st["exp_avg"], m) and torch.equal(p, value)
+            continue
+        sel = (lambda t: t[:, alive]) if p is sae.W_enc else (lambda t: t[alive])
+        dsel = (lambda t: t[:, dead]) if p is sae.W_enc else (lambda t: t[dead])
+        assert torch.equal(sel(st["exp_avg"]), sel(m)) and torch.equal(sel(st["exp_avg_sq"]), sel(v))
+        assert torch.equal(sel(p.detach()), sel(value))
+        assert (dsel(st["exp_avg"]) == 0).all() and (dsel(st["exp_avg_sq"]) == 0).all()
+        assert (dsel(m) != 0).any()  # there was something to reset
+
+
+def test_resampling_draws_in_proportion_to_squared_loss():
+    sae, opt = _trained_state(4, 3000)
+    dead = torch.ones(3000, dtype=torch.bool)
+    dead[0] = False
+    losses = torch.tensor([1.0, 2.0, 3.0, 0.0])
+    drawn = resample(sae, opt, dead, torch.randn(4, 4), losses, torch.Generator().manual_seed(0))
+    freq = torch.bincount(drawn, minlength=4).double() / len(drawn)
+    expected = torch.tensor([1, 4, 9, 0], dtype=torch.double) / 14
+    assert (freq - expected).abs().max() < 0.03 and freq[3] == 0
+
+
+def test_per_input_loss_is_each_inputs_loss():
+    sae, _ = _trained_state()
+    x = torch.randn(9, 5)
+    losses = per_input_loss(sae, x, 0.2, batch=4)
+    for i in range(9):
+        torch.testing.assert_close(losses[i], sae(x[i : i + 1], 0.2).loss.detach())
+
+
+def test_no_dead_neurons_is_a_no_op():
+    sae, opt = _trained_state()
+    w = sae.W_dec.detach().clone()
+    assert len(resample(sae, opt, torch.zeros(7, dtype=torch.bool), torch.randn(3, 5), torch.ones(3))) == 0
+    assert torch.equal(w, sae.W_dec)
