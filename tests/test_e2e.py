@@ -116,7 +116,7 @@ def test_subject_model_learned(repo):
 def test_repro_is_clean_and_a_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo).stdout
     out = sh("dvc", "repro", cwd=repo).stdout
-    assert "Running stage" not in out and out.count("didn't change, skipping") == 5
+    assert "Running stage" not in out and out.count("didn't change, skipping") == 7
 
 
 def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
@@ -125,7 +125,8 @@ def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("monosemantic")
     runs = {r.data.tags["monosemantic.stage"]: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations"}
+    assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations",
+                         "train_sae@128", "train_sae@256"}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     out_md5 = {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])}
@@ -219,3 +220,46 @@ def test_killed_train_model_stage_resumes(repo, tmp_path):
     sh("dvc", "repro", "train_model", cwd=fresh)
     clean = load_model(fresh / "models/transformer").state_dict()
     assert all(torch.equal(resumed[k], clean[k]) for k in clean)
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_dictionaries_in_saelens_format_with_provenance_and_curves(repo, size):
+    import mlflow
+    from safetensors.torch import load_file
+
+    from monosemantic.sae.export import load_sae
+
+    out = repo / f"models/sae/{size}"
+    cfg = json.loads((out / "cfg.json").read_text())
+    assert (cfg["d_in"], cfg["d_sae"], cfg["architecture"]) == (128, size, "standard")
+    weights = load_file(out / "sae_weights.safetensors")
+    assert weights["W_enc"].shape == (128, size) and weights["W_dec"].shape == (size, 128)
+    assert torch.allclose(weights["W_dec"].norm(dim=1), torch.ones(size), atol=1e-5)
+    record = json.loads((out / "provenance.json").read_text())
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    acts_md5 = next(o["md5"] for o in lock["cache_activations"]["outs"] if o["path"] == "data/activations.zarr")
+    assert record["inputs"]["activations"]["md5"] == acts_md5 and record["dict_size"] == size
+    assert [step for step, _ in record["resampling"]] == [30, 60]
+
+    m = json.loads((repo / f"metrics/sae/{size}/train.json").read_text())
+    assert m["tokens_seen"] == 120 * 512 and m["resample_events"] == 2 and 0 < m["l0"] < size
+    assert all(np.isfinite(m[k]) for k in ("loss", "mse", "l1"))
+    rows = (repo / f"plots/sae/{size}/train.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"step", "loss", "mse", "l0", "dead_features", "resampled_neurons"} <= set(header)
+    steps = [int(r.split(",")[0]) for r in rows[1:]]
+    assert 30 in steps and 60 in steps and steps[-1] == 120
+
+    # The stored activations' eval split is reconstructed better than by the mean alone.
+    acts = zarr.open_group(repo / "data/activations.zarr", mode="r")
+    a, b = acts.attrs["splits"]["eval"]
+    x = torch.from_numpy(acts["acts"][a:b].astype(np.float32))
+    mse = load_sae(out)(x).mse.item()
+    assert mse < ((x - x.mean(0)) ** 2).mean().item()
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("monosemantic")
+    run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags["monosemantic.stage"] == f"train_sae@{size}")
+    assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {acts_md5}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "l0") if m.step] == steps
+    assert any(a.path == str(size) for a in client.list_artifacts(run.info.run_id))

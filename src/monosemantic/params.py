@@ -137,6 +137,40 @@ class ActivationsParams(_Section):
     clevel: int = Field(5, ge=0, le=9)
 
 
+# ---------------------------------------------------------------- sparse autoencoders
+class SAETrainParams(_Section):
+    """Hyper-parameters shared by every dictionary size (a change retrains them all)."""
+
+    l1_coefficient: float = Field(gt=0, description="λ on Σ_features |f|")
+    lr: float = Field(1e-3, gt=0, le=1)
+    batch_size: int = Field(4096, ge=1)
+    steps: int = Field(ge=1)
+    l1_warmup_steps: int = Field(0, ge=0)
+    lr_warmup_steps: int = Field(0, ge=0)
+    lr_decay_steps: int = Field(0, ge=0)
+    resample: bool = True
+    resample_steps: list[int] = Field(default_factory=list, description="paper: 25k, 50k, 75k, 100k of 1M")
+    dead_window: int = Field(12_500, ge=1, description="steps without firing after which a neuron is dead")
+    resample_inputs: int = Field(819_200, ge=1, description="inputs whose loss weights the draw")
+    window_chunks: int = Field(64, ge=1, description="activation chunks shuffled together by the reader")
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    autocast_bf16: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _steps(self):
+        late = [s for s in self.resample_steps if not 0 < s < self.steps]
+        if late:
+            raise ValueError(f"resample_steps {late} must lie strictly between 0 and steps={self.steps}")
+        return self
+
+
+class SAEParams(_Section):
+    dict_sizes: list[int] = Field(min_length=1, description="one dictionary (and DVC stage) per size")
+    train: SAETrainParams
+
+
 class Params(_Section):
     # Every section is required: DVC tracks them by name, so each must be written out.
     corpus: CorpusParams
@@ -144,6 +178,7 @@ class Params(_Section):
     tokenize: TokenizeParams
     model: ModelParams
     activations: ActivationsParams
+    sae: SAEParams
 
 
 class ParamsError(UserError):

@@ -1,0 +1,138 @@
+"""Train one dictionary: Adam on the SAE loss, unit-norm decoder, the paper's resampling.
+
+Resumable: a checkpoint holds the weights, Adam's state, the reader's position, the
+dead-neuron counters and the RNG, so a killed run continues to the same final weights.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from tqdm import tqdm
+
+from monosemantic.sae.model import SparseAutoencoder, geometric_median
+from monosemantic.sae.resample import per_input_loss, resample
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    l1_coefficient: float
+    lr: float = 1e-4
+    batch_size: int = 4096
+    l1_warmup_steps: int = 0
+    lr_warmup_steps: int = 0
+    lr_decay_steps: int = 0  # linear decay to zero over the last N steps
+    resample_steps: tuple[int, ...] = ()
+    dead_window: int = 12_500  # a neuron that fired on no input in this many steps is dead
+    resample_inputs: int = 819_200
+    log_every: int = 50
+    checkpoint_every: int = 500
+    seed: int = 0
+    autocast_bf16: bool = False
+
+
+def train_step(sae: SparseAutoencoder, opt: torch.optim.Adam, x: torch.Tensor, l1: float, bf16: bool = False):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = sae(x, l1)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    sae.remove_parallel_gradient()
+    opt.step()
+    sae.normalize_decoder()
+    return out
+
+
+def schedule(step: int, cfg: TrainConfig) -> tuple[float, float]:
+    """(learning rate, L1 coefficient) at `step`."""
+    lr = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else cfg.lr
+    if cfg.lr_decay_steps and step >= cfg.steps - cfg.lr_decay_steps:
+        lr *= (cfg.steps - step) / cfg.lr_decay_steps
+    l1 = cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else cfg.l1_coefficient
+    return lr, l1
+
+
+@dataclass
+class State:
+    step: int = 0
+    steps_since_fired: torch.Tensor | None = None
+    resampled: list[tuple[int, int]] = field(default_factory=list)  # (step, neurons)
+    history: list[dict] = field(default_factory=list)  # the logged rows, kept across a resume
+    tokens: int = 0
+
+
+def train_sae(
+    sae: SparseAutoencoder,
+    batches: Callable[[int], Iterator[torch.Tensor]],
+    sample_inputs: Callable[[int, torch.Generator], torch.Tensor],
+    cfg: TrainConfig,
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    log: Callable[[int, dict], None] = lambda step, m: None,
+) -> State:
+    """Train `sae` in place. `batches(position)` yields training batches from a row position;
+    `sample_inputs(n, gen)` draws n random training inputs (for b_dec's init and resampling)."""
+    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state = State(steps_since_fired=torch.zeros(sae.d_sae, dtype=torch.long))
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["fingerprint"] == fingerprint:
+            sae.load_state_dict(saved["sae"])
+            opt.load_state_dict(saved["optimizer"])
+            gen.set_state(saved["generator"])
+            state = saved["state"]
+            print(f"resuming SAE training from {checkpoint} at step {state.step}")
+    if state.step == 0:
+        with torch.no_grad():
+            sae.b_dec.copy_(geometric_median(sample_inputs(min(cfg.resample_inputs, 32_768), gen)))
+
+    t0, start = time.perf_counter(), state.step
+    data = batches(state.step * cfg.batch_size)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train_sae d_sae={sae.d_sae}", unit="step")
+    while state.step < cfg.steps:
+        lr, l1 = schedule(state.step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        out = train_step(sae, opt, next(data), l1, cfg.autocast_bf16)
+        fired = (out.f > 0).any(0)
+        state.steps_since_fired = torch.where(fired, 0, state.steps_since_fired + 1)
+        state.step += 1
+        state.tokens += cfg.batch_size
+
+        resampled = 0
+        if state.step in cfg.resample_steps:
+            dead = state.steps_since_fired >= min(cfg.dead_window, state.step)
+            inputs = sample_inputs(cfg.resample_inputs, gen)
+            resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, l1), gen)
+            state.steps_since_fired[dead] = 0
+            resampled = int(dead.sum())
+            state.resampled.append((state.step, resampled))
+        if resampled or state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            l0 = (out.f > 0).float().sum(-1).mean().item()
+            dead_now = int((state.steps_since_fired >= min(cfg.dead_window, state.step)).sum())
+            rate = (state.step - start) * cfg.batch_size / (time.perf_counter() - t0)
+            row = {"loss": out.loss.item(), "mse": out.mse.item(), "l1": out.l1.item(), "l0": l0,
+                   "dead_features": dead_now, "resampled_neurons": resampled, "lr": lr,
+                   "l1_coefficient": l1, "tokens_per_second": rate}
+            state.history.append({"step": state.step, **row})
+            log(state.step, row)
+            bar.set_postfix(loss=f"{out.loss.item():.4g}", l0=f"{l0:.1f}", tok_s=f"{rate:.0f}")
+        bar.update(1)
+        if checkpoint is not None and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+            _save(checkpoint, sae, opt, gen, state, fingerprint)
+    bar.close()
+    return state
+
+
+def _save(path: Path, sae, opt, gen, state: State, fingerprint: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"sae": sae.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "state": state, "fingerprint": fingerprint}, tmp)
+    os.replace(tmp, path)

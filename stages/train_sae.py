@@ -1,0 +1,71 @@
+"""train_sae@<size>: train one dictionary on the cached training activations."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from monosemantic.activations import open_store
+from monosemantic.activations.reader import ShuffledReader
+from monosemantic.errors import UserError
+from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
+from monosemantic.sae.export import save_sae
+from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.trainer import TrainConfig, train_sae
+from stages._stage import run_stage
+
+
+def main(size: int) -> None:
+    with run_stage(f"train_sae@{size}", "sae") as s:
+        if size not in s.section.dict_sizes:
+            raise UserError(f"dictionary size {size} is not in sae.dict_sizes {s.section.dict_sizes}")
+        p = s.section.train
+        s.input("activations", "data/activations.zarr")
+        store = open_store("data/activations.zarr")
+        acts, (start, stop) = store.acts, store.splits["train"]
+        if stop - start < p.batch_size:
+            raise UserError(f"{stop - start} training activations cannot fill one batch of sae.train.batch_size={p.batch_size}")
+
+        def batches(position: int):
+            return iter(ShuffledReader(acts, start, stop, p.batch_size, p.seed, p.window_chunks, position))
+
+        def sample_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
+            rows = torch.randint(start, stop, (min(n, stop - start),), generator=gen).sort().values.numpy()
+            return torch.from_numpy(acts.get_orthogonal_selection((rows, slice(None))).astype(np.float32))
+
+        cfg = TrainConfig(
+            steps=p.steps, l1_coefficient=p.l1_coefficient, lr=p.lr, batch_size=p.batch_size,
+            l1_warmup_steps=p.l1_warmup_steps, lr_warmup_steps=p.lr_warmup_steps, lr_decay_steps=p.lr_decay_steps,
+            resample_steps=tuple(p.resample_steps) if p.resample else (), dead_window=p.dead_window,
+            resample_inputs=p.resample_inputs, log_every=p.log_every, checkpoint_every=p.checkpoint_every,
+            seed=p.seed, autocast_bf16=p.autocast_bf16,
+        )
+        torch.manual_seed(p.seed)
+        sae = SparseAutoencoder(acts.shape[1], size)
+        checkpoint = Path(f"checkpoints/train_sae/{size}/checkpoint.pt")
+        state = train_sae(sae, batches, sample_inputs, cfg, checkpoint, s.fingerprint(size),
+                          lambda step, m: s.run.log_metrics(m, step))
+        final = state.history[-1]
+        metrics = {
+            "loss": final["loss"], "mse": final["mse"], "l1": final["l1"], "l0": final["l0"],
+            "dead_features": final["dead_features"], "resample_events": len(state.resampled),
+            "resampled_neurons": sum(n for _, n in state.resampled), "tokens_seen": state.tokens,
+            "tokens_per_second": final["tokens_per_second"],
+        }
+        out = Path(f"models/sae/{size}")
+        meta = {"hook_name": store.group.attrs["hook"], "model_name": "models/transformer",
+                "dataset_path": "data/activations.zarr", "context_size": int(store.group.attrs["model_config"].get("ctx", 0) or 0)}
+        with atomic_output(out) as tmp:
+            save_sae(sae, tmp, meta)
+            write_json(tmp / PROVENANCE_FILE, s.record(dict_size=size, resampling=state.resampled))
+        s.plot(f"plots/sae/{size}/train.csv", state.history)
+        s.metrics(f"metrics/sae/{size}/train.json", metrics)
+        s.run.log_artifact(out)
+        checkpoint.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit("usage: python -m stages.train_sae <dictionary size>")
+    main(int(sys.argv[1]))

@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from monosemantic.activations.reader import ShuffledReader
+from monosemantic.sae.export import load_sae, save_sae
+from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.trainer import TrainConfig, train_sae
+
+D_IN, N_TRUE = 48, 192
+
+
+class SparseWorld:
+    """Inputs that are sparse non-negative combinations of known unit directions."""
+
+    def __init__(self, seed=0, active=3):
+        g = torch.Generator().manual_seed(seed)
+        self.dictionary = torch.nn.functional.normalize(torch.randn(N_TRUE, D_IN, generator=g), dim=1)
+        self.active = active
+
+    def sample(self, n, g):
+        idx = torch.rand(n, N_TRUE, generator=g).argsort(1)[:, : self.active]
+        coeffs = torch.zeros(n, N_TRUE).scatter_(1, idx, torch.rand(n, self.active, generator=g) + 0.5)
+        return coeffs @ self.dictionary
+
+    def batches(self, batch):
+        def from_position(position):
+            step = position // batch
+            while True:
+                yield self.sample(batch, torch.Generator().manual_seed(10_000 + step))
+                step += 1
+        return from_position
+
+
+def recovery(sae, world):
+    cos = torch.nn.functional.normalize(sae.W_dec.detach(), dim=1) @ world.dictionary.T
+    return cos.max(0).values.mean().item()
+
+
+def cfg(**kw):
+    return TrainConfig(**{"steps": 1500, "l1_coefficient": 1e-2, "lr": 3e-3, "batch_size": 512,
+                          "resample_steps": (200, 400, 600), "dead_window": 100, "resample_inputs": 8192,
+                          "log_every": 100, "checkpoint_every": 500, **kw})
+
+
+def test_recovers_a_known_sparse_dictionary():
+    world = SparseWorld()
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(D_IN, 2 * N_TRUE)
+    state = train_sae(sae, world.batches(512), world.sample, cfg())
+    assert recovery(sae, world) >= 0.95, recovery(sae, world)
+    assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
+    assert state.history[-1]["l0"] < 3 * world.active
+
+
+def _badly_initialised(seed=0):
+    torch.manual_seed(seed)
+    sae = SparseAutoencoder(D_IN, 2 * N_TRUE)
+    with torch.no_grad():
+        sae.W_enc[:, : int(1.5 * N_TRUE)] *= -1  # most encoder columns point away from every input
+        sae.b_enc[: int(1.5 * N_TRUE)] = -1.0
+    return sae
+
+
+def test_resampling_revives_dead_neurons_and_lowers_the_loss():
+    world = SparseWorld(seed=1)
+    with_rs, without = _badly_initialised(), _badly_initialised()
+    a = train_sae(with_rs, world.batches(512), world.sample, cfg(steps=1000))
+    b = train_sae(without, world.batches(512), world.sample, cfg(steps=1000, resample_steps=()))
+    assert sum(n for _, n in a.resampled) > N_TRUE  # the dead neurons were found and resampled
+    assert a.history[-1]["dead_features"] < b.history[-1]["dead_features"]
+    g = torch.Generator().manual_seed(123)
+    x = world.sample(8192, g)
+    loss = lambda sae: sae(x, 1e-2).loss.item()
+    assert loss(with_rs) < 0.9 * loss(without), (loss(with_rs), loss(without))
+    assert recovery(with_rs, world) > recovery(without, world)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_training_resumes_to_identical_weights(tmp_path):
+    world = SparseWorld(seed=2)
+    acts = zarr.create_array(tmp_path / "a.zarr", shape=(20_000, D_IN), chunks=(500, D_IN), dtype="float16")
+    acts[:] = world.sample(20_000, torch.Generator().manual_seed(0)).half().numpy()
+
+    def batches(position):
+        return iter(ShuffledReader(acts, 0, 20_000, 256, seed=3, window_chunks=4, position=position))
+
+    def sample_inputs(n, g):
+        rows = torch.randint(0, 20_000, (n,), generator=g).sort().values.numpy()
+        return torch.from_numpy(acts.get_orthogonal_selection((rows, slice(None))).astype(np.float32))
+
+    c = cfg(steps=300, batch_size=256, resample_steps=(50, 150, 250), dead_window=30, checkpoint_every=100,
+            log_every=10, l1_coefficient=0.05)  # strong enough that neurons die and get resampled
+    torch.manual_seed(0)
+    clean = SparseAutoencoder(D_IN, 96)
+    clean_state = train_sae(clean, batches, sample_inputs, c)
+
+    def die(step, _):
+        if step == 230:  # after the checkpoint at 200, before the resampling at 250
+            raise Killed
+
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        train_sae(SparseAutoencoder(D_IN, 96), batches, sample_inputs, c, tmp_path / "ck.pt", "fp", die)
+    torch.manual_seed(99)  # a new process: other random weights, until the checkpoint loads
+    resumed = SparseAutoencoder(D_IN, 96)
+    state = train_sae(resumed, batches, sample_inputs, c, tmp_path / "ck.pt", "fp")
+    for name, value in clean.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    assert any(n for step, n in clean_state.resampled if step > 230)  # the resumed part resampled
+    timeless = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_second"} for r in rows]
+    assert state.resampled == clean_state.resampled and timeless(state.history) == timeless(clean_state.history)
+
+
+def test_saelens_format_round_trip(tmp_path):
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(D_IN, 64)
+    with torch.no_grad():
+        sae.b_dec.normal_()
+        sae.b_enc.normal_(0, 0.1)
+    save_sae(sae, tmp_path / "d", {"hook_name": "mlp.act"})
+    import json
+
+    cfg_json = json.loads((tmp_path / "d/cfg.json").read_text())
+    assert cfg_json["architecture"] == "standard" and cfg_json["apply_b_dec_to_input"] is True
+    assert cfg_json["normalize_activations"] == "none" and cfg_json["metadata"]["sae_lens_version"] >= "6.0.0"
+    from safetensors.torch import load_file
+
+    w = load_file(tmp_path / "d/sae_weights.safetensors")
+    assert w["W_enc"].shape == (D_IN, 64) and w["W_dec"].shape == (64, D_IN)
+    x = torch.randn(10, D_IN)
+    again = load_sae(tmp_path / "d")
+    torch.testing.assert_close(again(x).x_hat, sae(x).x_hat)
+    sae_lens = pytest.importorskip("sae_lens")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "d"))
+    torch.testing.assert_close(theirs(x), sae(x).x_hat.detach(), rtol=1e-5, atol=1e-5)
