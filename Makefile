@@ -30,6 +30,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/tokenize_throughput.py
 	$(PY) benchmarks/cache_throughput.py
+	$(PY) benchmarks/sae_step.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -88,7 +88,7 @@ def train_model(
         opt.step()
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         if (step + 1) % p.log_every == 0 or step + 1 == p.steps:
-            bar.set_postfix(loss=f"{loss_ema:.3f}")
+            bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
             log(step + 1, {"train_loss": loss.item(), "lr": lr_at(step, p)})
         if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
             tmp = checkpoint.with_name(checkpoint.name + ".tmp")

@@ -122,7 +122,7 @@ def train_sae(
                    "l1_coefficient": l1, "tokens_per_second": rate}
             state.history.append({"step": state.step, **row})
             log(state.step, row)
-            bar.set_postfix(loss=f"{out.loss.item():.4g}", l0=f"{l0:.1f}", tok_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{out.loss.item():.4g}", l0=f"{l0:.1f}", tok_s=f"{rate:.0f}", refresh=False)
         bar.update(1)
         if checkpoint is not None and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
             _save(checkpoint, sae, opt, gen, state, fingerprint)
