@@ -9,10 +9,12 @@ export DVC_NO_ANALYTICS := 1
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# Prefer a local CPU build of torch where the machine has one (no multi-GB CUDA download);
-	@# elsewhere the loose range in pyproject.toml picks torch from the index.
-	-$(PY) -m pip install -q --no-index "torch==2.13.0" 2>/dev/null
+	@# Prefer a local CPU build of torch where the machine has one (no multi-GB CUDA download):
+	@# --no-deps because its dependencies are not local; the next install adds them around it.
+	@# Elsewhere this fails quietly and the loose range in pyproject.toml picks torch.
+	-$(PY) -m pip install -q --no-deps --no-index "torch==2.13.0" 2>/dev/null
 	$(PY) -m pip install -q -e ".[dev]"
+	@$(PY) -c "import torch; print('set-up done: torch', torch.__version__)"
 	touch $@
 
 setup: $(VENV)/.installed

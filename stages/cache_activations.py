@@ -34,6 +34,7 @@ def main() -> None:
         train_tokens = n_train * store.ctx
         attrs = {
             "hook": hook,
+            "ctx": store.ctx,
             "model_config": model_config("models/transformer"),
             "splits": {"train": [0, train_tokens], "eval": [train_tokens, len(rows) * store.ctx]},
             "provenance": s.record(hook=hook),

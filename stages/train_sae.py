@@ -55,7 +55,7 @@ def main(size: int) -> None:
         }
         out = Path(f"models/sae/{size}")
         meta = {"hook_name": store.group.attrs["hook"], "model_name": "models/transformer",
-                "dataset_path": "data/activations.zarr", "context_size": int(store.group.attrs["model_config"].get("ctx", 0) or 0)}
+                "dataset_path": "data/activations.zarr", "context_size": store.group.attrs["ctx"]}
         with atomic_output(out) as tmp:
             save_sae(sae, tmp, meta)
             write_json(tmp / PROVENANCE_FILE, s.record(dict_size=size, resampling=state.resampled))

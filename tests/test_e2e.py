@@ -232,6 +232,7 @@ def test_dictionaries_in_saelens_format_with_provenance_and_curves(repo, size):
     out = repo / f"models/sae/{size}"
     cfg = json.loads((out / "cfg.json").read_text())
     assert (cfg["d_in"], cfg["d_sae"], cfg["architecture"]) == (128, size, "standard")
+    assert cfg["metadata"]["context_size"] == 32 and cfg["metadata"]["hook_name"] == "mlp.act"
     weights = load_file(out / "sae_weights.safetensors")
     assert weights["W_enc"].shape == (128, size) and weights["W_dec"].shape == (size, 128)
     assert torch.allclose(weights["W_dec"].norm(dim=1), torch.ones(size), atol=1e-5)
@@ -263,3 +264,30 @@ def test_dictionaries_in_saelens_format_with_provenance_and_curves(repo, size):
     assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {acts_md5}
     assert [m.step for m in client.get_metric_history(run.info.run_id, "l0") if m.step] == steps
     assert any(a.path == str(size) for a in client.list_artifacts(run.info.run_id))
+
+
+def test_killed_train_sae_stage_resumes_to_the_same_dictionary(repo, tmp_path):
+    from monosemantic.sae.export import load_sae
+
+    def longer(r):
+        r["sae"]["train"].update(steps=600, checkpoint_every=50, resample_steps=[100, 300, 500])
+
+    work = clone_repo(repo, tmp_path / "r")
+    set_params(work, longer)
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_sae", "128"], cwd=work, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt = work / "checkpoints/train_sae/128/checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    res = sh("dvc", "repro", "train_sae@128", cwd=work)
+    assert "resuming SAE training" in res.stdout + res.stderr and not ckpt.exists()
+    fresh = clone_repo(repo, tmp_path / "fresh")
+    set_params(fresh, longer)
+    sh("dvc", "repro", "train_sae@128", cwd=fresh)
+    resumed, clean = load_sae(work / "models/sae/128"), load_sae(fresh / "models/sae/128")
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), clean.state_dict().values()))
+    assert (work / "plots/sae/128/train.csv").read_text().count("\n") == 61  # header + 600/10 rows
