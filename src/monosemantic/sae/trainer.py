@@ -105,15 +105,15 @@ def train_sae(
         state.step += 1
         state.tokens += cfg.batch_size
 
-        resampled = 0
-        if state.step in cfg.resample_steps:
+        resampling, resampled = state.step in cfg.resample_steps, 0
+        if resampling:
             dead = state.steps_since_fired >= min(cfg.dead_window, state.step)
             inputs = sample_inputs(cfg.resample_inputs, gen)
             resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, l1), gen)
             state.steps_since_fired[dead] = 0
             resampled = int(dead.sum())
             state.resampled.append((state.step, resampled))
-        if resampled or state.step % cfg.log_every == 0 or state.step == cfg.steps:
+        if resampling or state.step % cfg.log_every == 0 or state.step == cfg.steps:
             l0 = (out.f > 0).float().sum(-1).mean().item()
             dead_now = int((state.steps_since_fired >= min(cfg.dead_window, state.step)).sum())
             rate = (state.step - start) * cfg.batch_size / (time.perf_counter() - t0)
