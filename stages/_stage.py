@@ -24,7 +24,7 @@ from monosemantic.params import Params, load_params
 class Stage:
     def __init__(self, name: str, params: Params, section: str, run: tracking.Run):
         self.name, self.params, self.run = name, params, run
-        self.section = getattr(params, section)
+        self.section = _section(params, section)
         self.section_name = section
         self.inputs: dict[str, dict[str, str]] = {}
 
@@ -60,11 +60,18 @@ class Stage:
         pl.DataFrame(rows).write_csv(path)
 
 
+def _section(params: Params, dotted: str):
+    """The params section a stage uses, e.g. "model" or "sae.train"."""
+    for key in dotted.split("."):
+        params = getattr(params, key)
+    return params
+
+
 @contextlib.contextmanager
 def run_stage(name: str, section: str) -> Iterator[Stage]:
     try:
         params = load_params()
-        with tracking.start_run(name, {section: getattr(params, section).model_dump(mode="json")},
+        with tracking.start_run(name, {section: _section(params, section).model_dump(mode="json")},
                                 provenance.code_version()) as run:
             yield Stage(name, params, section, run)
     except UserError as e:

@@ -17,10 +17,10 @@ from stages._stage import run_stage
 
 
 def main(size: int) -> None:
-    with run_stage(f"train_sae@{size}", "sae") as s:
-        if size not in s.section.dict_sizes:
-            raise UserError(f"dictionary size {size} is not in sae.dict_sizes {s.section.dict_sizes}")
-        p = s.section.train
+    with run_stage(f"train_sae@{size}", "sae.train") as s:
+        if size not in s.params.sae.dict_sizes:
+            raise UserError(f"dictionary size {size} is not in sae.dict_sizes {s.params.sae.dict_sizes}")
+        p = s.section
         s.input("activations", "data/activations.zarr")
         store = open_store("data/activations.zarr")
         acts, (start, stop) = store.acts, store.splits["train"]

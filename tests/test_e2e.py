@@ -199,18 +199,23 @@ def test_hf_model_source(repo, tmp_path):
     assert acts.attrs["model_config"]["model_type"] == "gpt2"
 
 
-def test_killed_train_model_stage_resumes(repo, tmp_path):
-    work = clone_repo(repo, tmp_path / "r")
-    set_params(work, lambda r: r["model"].update(steps=600, checkpoint_every=100))
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train_model"], cwd=work, env=ENV,
+def kill_once_checkpointed(work: Path, stage_args: list[str], ckpt: Path) -> None:
+    """Start a stage directly, SIGKILL it as soon as its first checkpoint is on disk."""
+    proc = subprocess.Popen([sys.executable, "-m", *stage_args], cwd=work, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    ckpt = work / "checkpoints/train_model/checkpoint.pt"
     deadline = time.time() + 120
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert ckpt.exists(), "no checkpoint was written before the kill"
+
+
+def test_killed_train_model_stage_resumes(repo, tmp_path):
+    work = clone_repo(repo, tmp_path / "r")
+    set_params(work, lambda r: r["model"].update(steps=600, checkpoint_every=100))
+    ckpt = work / "checkpoints/train_model/checkpoint.pt"
+    kill_once_checkpointed(work, ["stages.train_model"], ckpt)
     res = sh("dvc", "repro", "train_model", cwd=work)
     assert "resuming subject-model training" in res.stdout + res.stderr
     assert not ckpt.exists()
@@ -274,15 +279,8 @@ def test_killed_train_sae_stage_resumes_to_the_same_dictionary(repo, tmp_path):
 
     work = clone_repo(repo, tmp_path / "r")
     set_params(work, longer)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train_sae", "128"], cwd=work, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = work / "checkpoints/train_sae/128/checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "no checkpoint was written before the kill"
+    kill_once_checkpointed(work, ["stages.train_sae", "128"], ckpt)
     res = sh("dvc", "repro", "train_sae@128", cwd=work)
     assert "resuming SAE training" in res.stdout + res.stderr and not ckpt.exists()
     fresh = clone_repo(repo, tmp_path / "fresh")
@@ -291,3 +289,60 @@ def test_killed_train_sae_stage_resumes_to_the_same_dictionary(repo, tmp_path):
     resumed, clean = load_sae(work / "models/sae/128"), load_sae(fresh / "models/sae/128")
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), clean.state_dict().values()))
     assert (work / "plots/sae/128/train.csv").read_text().count("\n") == 61  # header + 600/10 rows
+
+
+def audit_cli(path, cwd):
+    res = subprocess.run([str(BIN / "monosemantic"), "audit", str(path), "--json"], cwd=cwd, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    return res.returncode, json.loads(res.stdout)
+
+
+def test_audit_of_a_dictionary_lists_its_lineage_and_passes(repo):
+    code, report = audit_cli("models/sae/128", repo)
+    assert code == 0 and report["ok"] and not report["problems"], report["problems"]
+    assert set(report["artifacts"]) == {"models/sae/128", "data/activations.zarr", "models/transformer",
+                                        "data/tokens.zarr", "data/tokenizer.json", "data/corpus"}
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in ("corpus", "tokenizer", "tokenize", "train_model", "cache_activations"):
+        out = next(o for o in lock[stage]["outs"] if o["path"].startswith(("data/", "models/")))
+        assert report["artifacts"][out["path"]]["md5"] == out["md5"]
+    corpus = report["artifacts"]["data/corpus"]["record"]
+    assert {s["kind"] for s in corpus["sources"]} == {"builtin", "synthetic"}
+    assert all("seed" in s for s in corpus["sources"]) and corpus["sources"][0]["python"]
+    text = sh(str(BIN / "monosemantic"), "audit", "models/sae/128", cwd=repo).stdout
+    assert "audit passed" in text and "[cache_activations]" in text and "mlflow run" in text
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "edit, culprit, kind",
+    [
+        (lambda w: _flip_byte(next(p for p in sorted((w / "data/activations.zarr/acts/c").rglob("*")) if p.is_file())),
+         "data/activations.zarr", "changed"),
+        (lambda w: _flip_byte(w / "data/tokenizer.json"), "data/tokenizer.json", "changed"),
+        (lambda w: set_params(w, lambda r: r["tokenize"].update(seed=7)), "data/tokens.zarr", "stale"),
+    ],
+)
+def test_audit_names_what_changed_after_the_run(repo, tmp_path, edit, culprit, kind):
+    work = clone_repo(repo, tmp_path / "r")
+    edit(work)
+    code, report = audit_cli("models/sae/128", work)
+    assert code == 1 and not report["ok"]
+    found = [p for p in report["problems"] if p["path"] == culprit and p["kind"] == kind]
+    assert found, report["problems"]
+    assert all(p["path"] == culprit for p in report["problems"]), report["problems"]
+    if kind == "changed":
+        assert found[0]["expected"] != found[0]["actual"] and found[0]["actual"]
+
+
+def test_a_copied_dictionary_is_audited_from_its_own_record(repo, tmp_path):
+    shutil.copytree(repo / "models/sae/128", tmp_path / "elsewhere")
+    code, report = audit_cli(tmp_path / "elsewhere", tmp_path)
+    assert code == 0 and report["workspace"] is None
+    assert report["artifacts"]["data/activations.zarr"]["md5"].endswith(".dir")
+    assert any("could not be checked" in u for u in report["unchecked"])

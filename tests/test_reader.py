@@ -3,7 +3,8 @@ import itertools
 import numpy as np
 import pytest
 import zarr
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monosemantic.activations.reader import ShuffledReader
 

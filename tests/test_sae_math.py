@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from monosemantic.sae.model import SparseAutoencoder, geometric_median

@@ -95,6 +95,18 @@ def make_record(
     }
 
 
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """The provenance record an output carries: ``provenance.json`` in a directory, the
+    ``provenance`` attribute of a Zarr store, or ``<name>.provenance.json`` beside a file."""
+    path = Path(path)
+    for candidate in (path / PROVENANCE_FILE, path.with_name(path.stem + ".provenance.json")):
+        if candidate.is_file() and candidate != path:
+            return read_json(candidate)
+    if (path / "zarr.json").is_file():
+        return read_json(path / "zarr.json").get("attributes", {}).get("provenance")
+    return None
+
+
 def write_json(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,8 @@ def check_sources(params: CorpusParams) -> None:
 
 
 def describe_sources(params: CorpusParams) -> list[dict]:
-    return [_module(src.kind).describe(src) for src in params.sources]
+    """Each source as provenance records it; the seed is the one `build_corpus` gives it."""
+    return [{**_module(src.kind).describe(src), "seed": params.seed + i} for i, src in enumerate(params.sources)]
 
 
 def budgets(params: CorpusParams) -> list[int]:

@@ -1,0 +1,32 @@
+"""The `monosemantic` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="monosemantic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    audit_p = sub.add_parser("audit", help="show and verify which data produced an artifact")
+    audit_p.add_argument("path", help="a dictionary (models/sae/<size>), the activation store, the model, "
+                                      "the tokens, the tokenizer or the corpus")
+    audit_p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+
+    if args.command == "audit":
+        from pathlib import Path
+
+        from monosemantic.audit import audit, render
+
+        if not Path(args.path).exists():
+            parser.error(f"{args.path} does not exist")
+        report = audit(args.path)
+        print(report.to_json() if args.json else render(report))
+        return 0 if report.ok else 1
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
