@@ -3,11 +3,10 @@
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from monosemantic.activations import open_store
-from monosemantic.activations.reader import ShuffledReader
+from monosemantic.activations.reader import ShuffledReader, random_rows
 from monosemantic.errors import UserError
 from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
 from monosemantic.sae.export import save_sae
@@ -31,8 +30,7 @@ def main(size: int) -> None:
             return iter(ShuffledReader(acts, start, stop, p.batch_size, p.seed, p.window_chunks, position))
 
         def sample_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
-            rows = torch.randint(start, stop, (min(n, stop - start),), generator=gen).sort().values.numpy()
-            return torch.from_numpy(acts.get_orthogonal_selection((rows, slice(None))).astype(np.float32))
+            return random_rows(acts, start, stop, n, gen)
 
         cfg = TrainConfig(
             steps=p.steps, l1_coefficient=p.l1_coefficient, lr=p.lr, batch_size=p.batch_size,

@@ -60,3 +60,18 @@ def test_memory_is_bounded_by_the_window(tmp_path):
     reader = ShuffledReader(arr, 0, 4000, 50, seed=0, window_chunks=4)
     blocks = list(itertools.islice(reader._stream(), 20))
     assert max(len(b) for b in blocks) == 40  # 4 chunks of 10 rows at a time
+
+
+@given(start=st.integers(0, 50), length=st.integers(1, 200), n=st.integers(1, 300), chunk=st.integers(1, 40))
+@settings(max_examples=30, deadline=None)
+def test_random_rows_come_from_the_range_in_whole_random_chunks(tmp_path_factory, start, length, n, chunk):
+    import torch
+
+    from monosemantic.activations.reader import random_rows
+
+    arr = store(tmp_path_factory.mktemp("r"), 260, chunk)
+    got = ids(random_rows(arr, start, start + length, n, torch.Generator().manual_seed(0)))
+    assert len(got) == min(n, length)
+    assert ((got >= start) & (got < start + length)).all() and len(set(got)) == len(got)
+    again = ids(random_rows(arr, start, start + length, n, torch.Generator().manual_seed(0)))
+    assert (got == again).all()

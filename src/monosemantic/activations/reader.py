@@ -86,3 +86,22 @@ class ShuffledReader:
                 yield torch.from_numpy(batch.astype(np.float32))
         finally:
             stop.set()
+
+
+def random_rows(acts: zarr.Array, start_row: int, stop_row: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """min(n, rows in range) rows of ``acts[start_row:stop_row]``, from whole chunks drawn at random.
+
+    Reading a few random chunks costs what it reads; n random rows would touch (and
+    decompress) nearly every chunk of the store, and a draw happens at every resampling.
+    """
+    step, want = acts.chunks[0], min(n, stop_row - start_row)
+    first, last = start_row // step, -(-stop_row // step)
+    picked, have = [], 0
+    for c in (first + torch.randperm(last - first, generator=generator)).tolist():
+        a, b = max(c * step, start_row), min((c + 1) * step, stop_row)  # edge chunks are partial
+        picked.append((a, b))
+        have += b - a
+        if have >= want:
+            break
+    rows = np.concatenate([acts[a:b] for a, b in sorted(picked)])
+    return torch.from_numpy(rows[:want].astype(np.float32))
