@@ -23,7 +23,7 @@ def main() -> None:
         p = s.section
         s.input("tokens", "data/tokens.zarr")
         store = read_tokens("data/tokens.zarr")
-        vocab = store.attrs["vocab_size"]
+        vocab, train_rows = store.attrs["vocab_size"], store.split("train")
         if p.source == "hf":
             model = load_hf_model(p.hf.name_or_path, p.hf.dtype, p.hf.revision)
             if vocab > vocab_size(model):
@@ -42,14 +42,14 @@ def main() -> None:
                 s.run.log_metrics(m, step)
                 curve.append({"step": step, **m})
 
-            train = train_model(model, store.split("train"), p, CHECKPOINT, s.fingerprint(), log)
+            train = train_model(model, train_rows, p, CHECKPOINT, s.fingerprint(), log)
             s.plot("plots/transformer/train.csv", curve)
         eval_rows = store.split("eval")[: max(1, p.eval_tokens // store.ctx)]
         metrics = {
             **train,
             "eval_loss": evaluate_loss(model, eval_rows),
             "eval_tokens": int(eval_rows.size),
-            "unigram_entropy": unigram_entropy(store.split("train"), vocab),
+            "unigram_entropy": unigram_entropy(train_rows, vocab),
             "parameters": sum(t.numel() for t in model.parameters()),
         }
         with atomic_output(OUT) as tmp:

@@ -58,9 +58,6 @@ class Run:
         else:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
-    def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
-
 
 @contextlib.contextmanager
 def start_run(stage: str, params: Mapping[str, Any], code: Mapping[str, Any]) -> Iterator[Run]:
