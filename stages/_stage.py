@@ -45,7 +45,7 @@ class Stage:
 
     def record(self, **extra: Any) -> dict[str, Any]:
         return provenance.make_record(
-            self.name, {self.section_name: self.section.model_dump(mode="json")},
+            self.name, {self.section_name: self.section.model_dump(mode="json")} if self.section_name else {},
             self.inputs, self.run.run_id, extra,
         )
 
@@ -60,18 +60,25 @@ class Stage:
         pl.DataFrame(rows).write_csv(path)
 
 
-def _section(params: Params, dotted: str):
-    """The params section a stage uses, e.g. "model" or "sae.train"."""
+def _section(params: Params, dotted: str | None):
+    """The params section a stage uses, e.g. "model" or "sae.train"; None for a stage without one."""
+    if dotted is None:
+        return _NoParams()
     for key in dotted.split("."):
         params = getattr(params, key)
     return params
 
 
+class _NoParams:
+    def model_dump(self, mode: str = "json") -> dict:
+        return {}
+
+
 @contextlib.contextmanager
-def run_stage(name: str, section: str) -> Iterator[Stage]:
+def run_stage(name: str, section: str | None) -> Iterator[Stage]:
     try:
         params = load_params()
-        with tracking.start_run(name, {section: _section(params, section).model_dump(mode="json")},
+        with tracking.start_run(name, {section: _section(params, section).model_dump(mode="json")} if section else {},
                                 provenance.code_version()) as run:
             yield Stage(name, params, section, run)
     except UserError as e:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 import yaml
@@ -71,8 +72,6 @@ def set_params(path: Path, mutate) -> None:
 
 
 def test_outputs_have_the_contracted_shapes(repo):
-    import polars as pl
-
     corpus = pl.concat([pl.read_parquet(p) for p in sorted((repo / "data/corpus").glob("*.parquet"))])
     assert corpus.columns == ["doc_id", "source", "text"] and corpus["doc_id"].is_unique().all()
     assert {"builtin/code", "synthetic/base64", "synthetic/dna"} <= set(corpus["source"])
@@ -116,7 +115,7 @@ def test_subject_model_learned(repo):
 def test_repro_is_clean_and_a_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo).stdout
     out = sh("dvc", "repro", cwd=repo).stdout
-    assert "Running stage" not in out and out.count("didn't change, skipping") == 7
+    assert "Running stage" not in out and out.count("didn't change, skipping") == 11
 
 
 def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
@@ -126,7 +125,7 @@ def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
     exp = client.get_experiment_by_name("monosemantic")
     runs = {r.data.tags["monosemantic.stage"]: r for r in client.search_runs([exp.experiment_id])}
     assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations",
-                         "train_sae@128", "train_sae@256"}
+                         "train_sae@128", "train_sae@256", "evaluate@128", "evaluate@256", "compare", "report"}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     out_md5 = {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])}
@@ -192,11 +191,13 @@ def test_hf_model_source(repo, tmp_path):
         r["model"].update(source="hf", hook="transformer.h.0.mlp.act", hf={"name_or_path": str(tmp_path / "gpt2")})
 
     set_params(work, use_hf)
-    sh("dvc", "repro", "cache_activations", cwd=work)
+    sh("dvc", "repro", "evaluate@128", cwd=work)  # the splice goes through the same hook as the cache
     assert (work / "models/transformer/model.safetensors").exists()
     acts = zarr.open_group(work / "data/activations.zarr", mode="r")
     assert acts["acts"].shape == (48000, 4 * 48) and acts.attrs["hook"] == "transformer.h.0.mlp.act"
     assert acts.attrs["model_config"]["model_type"] == "gpt2"
+    ev = json.loads((work / "metrics/sae/128/eval.json").read_text())
+    assert ev["loss_original"] > 0 and np.isfinite(ev["kl_divergence"]) and ev["n_eval_tokens"] == 8000
 
 
 def kill_once_checkpointed(work: Path, stage_args: list[str], ckpt: Path) -> None:
@@ -346,3 +347,47 @@ def test_a_copied_dictionary_is_audited_from_its_own_record(repo, tmp_path):
     assert code == 0 and report["workspace"] is None
     assert report["artifacts"]["data/activations.zarr"]["md5"].endswith(".dir")
     assert any("could not be checked" in u for u in report["unchecked"])
+
+
+EVAL_KEYS = {"mse", "fvu", "l0", "loss_original", "loss_reconstructed", "loss_zero_ablation", "loss_mean_ablation",
+             "loss_recovered", "loss_recovered_mean_ablation", "kl_divergence", "dead_fraction", "ultralow_fraction",
+             "ultralow_threshold", "dense_fraction", "n_eval_tokens"}
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_every_dictionary_is_evaluated_on_held_out_tokens(repo, size):
+    ev = json.loads((repo / f"metrics/sae/{size}/eval.json").read_text())
+    assert EVAL_KEYS <= set(ev) and all(np.isfinite(v) for v in ev.values())
+    assert ev["n_eval_tokens"] == 8000  # evaluate.max_tokens of the tiny params, all from the eval split
+    assert 0 < ev["l0"] < size and 0 < ev["fvu"] < 1 and ev["kl_divergence"] > 0
+    assert ev["loss_zero_ablation"] > ev["loss_original"] and ev["loss_mean_ablation"] > ev["loss_original"]
+    assert 0 < ev["loss_recovered"] <= 1 and 0 < ev["loss_recovered_mean_ablation"] <= 1
+    for key in ("dead_fraction", "ultralow_fraction", "dense_fraction"):
+        assert 0 <= ev[key] <= 1
+    assert ev["ultralow_threshold"] == 1 / 8000  # 1e-6 cannot be resolved from 8000 tokens
+    histogram = pl.read_csv(repo / f"plots/density/{size}.csv")
+    assert histogram["features"].sum() + ev["dead_features"] == size
+
+
+def test_sizes_are_compared_and_summarised(repo):
+    frontier = pl.read_csv(repo / "plots/frontier.csv")
+    assert frontier["dict_size"].to_list() == [128, 256]
+    nearest = pl.read_parquet(repo / "reports/splitting/nearest.parquet")
+    assert nearest.height == 256 and set(nearest["other_size"]) == {128} and nearest["nearest"].max() < 128
+    assert nearest["cosine"].is_between(-1, 1).all()
+    assert "256_to_128" in json.loads((repo / "metrics/splitting.json").read_text())
+    summary = (repo / "reports/summary.md").read_text()
+    assert "| 128 |" in summary and "| 256 |" in summary and "256 → 128" in summary
+
+
+def test_metrics_diff_shows_the_evaluation_after_a_params_change(repo, tmp_path):
+    work = clone_repo(repo, tmp_path / "r")
+    sh("git", "add", "-A", cwd=work)
+    sh("git", "commit", "-qm", "baseline results", cwd=work)
+    set_params(work, lambda r: r["evaluate"].update(max_tokens=4000))
+    out = sh("dvc", "repro", cwd=work).stdout
+    assert {"evaluate@128", "evaluate@256", "compare", "report"} == set(
+        line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
+    diff = sh("dvc", "metrics", "diff", "--md", cwd=work).stdout
+    assert "metrics/sae/128/eval.json" in diff and "n_eval_tokens" in diff and "loss_recovered" in diff
+    assert "| 8000 " in diff and "| 4000 " in diff

@@ -13,6 +13,12 @@ def main(argv: list[str] | None = None) -> int:
     audit_p.add_argument("path", help="a dictionary (models/sae/<size>), the activation store, the model, "
                                       "the tokens, the tokenizer or the corpus")
     audit_p.add_argument("--json", action="store_true", help="machine-readable output")
+    diff_p = sub.add_parser("diff", help="params and metrics of the workspace against a git revision, "
+                                         "as markdown for a pull request")
+    diff_p.add_argument("rev", nargs="?", default="HEAD", help="git revision to compare with (default HEAD)")
+    diff_p.add_argument("--all", action="store_true", help="also list unchanged params and metrics")
+    diff_p.add_argument("--targets", nargs="+", metavar="PATH",
+                        help="metrics files or directories to compare (default: all in dvc.yaml)")
     args = parser.parse_args(argv)
 
     if args.command == "audit":
@@ -25,6 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         report = audit(args.path)
         print(report.to_json() if args.json else render(report))
         return 0 if report.ok else 1
+    if args.command == "diff":
+        from monosemantic.review import ReviewError, diff_markdown
+
+        try:
+            print(diff_markdown(args.rev, show_all=args.all, targets=args.targets), end="")
+        except ReviewError as e:
+            print(f"monosemantic diff: error: {e}", file=sys.stderr)
+            return 2
+        return 0
     return 2
 
 

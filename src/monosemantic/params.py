@@ -171,6 +171,33 @@ class SAEParams(_Section):
     train: SAETrainParams
 
 
+# ---------------------------------------------------------------- evaluation and analyses
+class EvaluateParams(_Section):
+    max_tokens: int = Field(200_000, gt=0, description="held-out tokens evaluated (at most the cached eval split)")
+    batch_seqs: int = Field(32, gt=0, description="contexts per forward pass")
+    mean_ablation_samples: int = Field(65_536, gt=0, description="training activations averaged for mean ablation")
+    ultralow_density: float = Field(1e-6, gt=0, lt=1, description="paper: 1e-6; raised to 1/n_eval_tokens if finer")
+    dense_density: float = Field(0.1, gt=0, le=1)
+    histogram_bins: int = Field(40, ge=2, le=1000)
+    seed: int = 0
+
+
+class CompareParams(_Section):
+    family_cosine: float = Field(
+        0.6, gt=0, lt=1, description="a larger dictionary's feature joins the family of its nearest smaller "
+                                     "feature when their decoder cosine is at least this")
+    top_families: int = Field(20, ge=0, description="largest split families listed in the report")
+
+
+class UniversalityParams(_Section):
+    """A second subject model that differs only in its seed, with its own SAE of one size."""
+
+    dict_sizes: list[int] = Field(
+        default_factory=list, max_length=1, description="[] turns the analysis off; [1024] runs it at that size")
+    seed: int = Field(1, description="the second model's seed (model.seed is the first's)")
+    max_tokens: int = Field(50_000, gt=0, description="shared held-out tokens the activations are correlated on")
+
+
 class Params(_Section):
     # Every section is required: DVC tracks them by name, so each must be written out.
     corpus: CorpusParams
@@ -179,6 +206,18 @@ class Params(_Section):
     model: ModelParams
     activations: ActivationsParams
     sae: SAEParams
+    evaluate: EvaluateParams
+    compare: CompareParams
+    universality: UniversalityParams
+
+    @model_validator(mode="after")
+    def _universality_size(self):
+        missing = [s for s in self.universality.dict_sizes if s not in self.sae.dict_sizes]
+        if missing:
+            raise ValueError(f"universality.dict_sizes {missing} must be among sae.dict_sizes {self.sae.dict_sizes}")
+        if self.universality.dict_sizes and self.model.source != "builtin":
+            raise ValueError("universality trains a second built-in model: it needs model.source 'builtin'")
+        return self
 
 
 class ParamsError(UserError):

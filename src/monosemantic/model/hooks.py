@@ -2,11 +2,14 @@
 
 Capturing stops the forward pass right after the hooked module, so caching activations does
 not pay for the layers above it (the unembedding dominates a one-layer model's cost).
+Splicing replaces the module's output for the whole forward pass (evaluation, ablations).
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -46,3 +49,25 @@ def capture(model: nn.Module, path: str, tokens: torch.Tensor) -> torch.Tensor:
     if not box:
         raise UserError(f"model.hook: module {path!r} did not run in the forward pass")
     return box[0]
+
+
+def logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Next-token logits from the built-in transformer or a Hugging Face causal LM."""
+    out = model(tokens)
+    return out.logits if hasattr(out, "logits") else out
+
+
+@contextlib.contextmanager
+def splice(model: nn.Module, path: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """While open, module `path` outputs fn(its output): e.g. an SAE's reconstruction, or zeros."""
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]), *output[1:])
+        return fn(output)
+
+    handle = get_module(model, path).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,71 @@
+"""reports/summary.md: the headline numbers across dictionary sizes, as markdown for a PR."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+COLUMNS = [  # (header, eval.json / train.json key, format)
+    ("size", "dict_size", "{:d}"),
+    ("L0", "l0", "{:.1f}"),
+    ("MSE", "mse", "{:.4g}"),
+    ("FVU", "fvu", "{:.3f}"),
+    ("loss recovered", "loss_recovered", "{:.1%}"),
+    ("(mean abl.)", "loss_recovered_mean_ablation", "{:.1%}"),
+    ("KL", "kl_divergence", "{:.4f}"),
+    ("dead", "dead_features", "{:d}"),
+    ("ultralow", "ultralow_features", "{:d}"),
+    ("dense", "dense_features", "{:d}"),
+    ("resampled", "resampled_neurons", "{:d}"),
+    ("train tokens", "tokens_seen", "{:,d}"),
+]
+
+
+def _cell(fmt: str, value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return fmt.format(value)
+
+
+def summary_markdown(dictionaries: list[dict], model: dict | None = None, splitting: dict | None = None,
+                     families: list[dict] | None = None, universality: list[dict] | None = None) -> str:
+    """`dictionaries`: one merged train.json + eval.json per size."""
+    lines = ["# monosemantic: summary", ""]
+    if model:
+        lines += [f"Subject model: eval loss {model['eval_loss']:.3f} nats/token (unigram entropy "
+                  f"{model['unigram_entropy']:.3f}), {model['tokens_seen']:,} training tokens.", ""]
+    n_eval = next((d["n_eval_tokens"] for d in dictionaries if "n_eval_tokens" in d), None)
+    lines += ["## Dictionaries", ""]
+    if n_eval:
+        ultra = dictionaries[0].get("ultralow_threshold")
+        lines += [f"On {n_eval:,} held-out tokens. Loss recovered = (L_zero − L_sae) / (L_zero − L_orig), the "
+                  f"paper's definition; ultralow = alive with density ≤ {ultra:.2g}; dense = density > "
+                  f"{dictionaries[0].get('dense_threshold', 0.1):g}.", ""]
+    lines += ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
+    for d in sorted(dictionaries, key=lambda d: d["dict_size"]):
+        lines.append("| " + " | ".join(_cell(fmt, d.get(key)) for _, key, fmt in COLUMNS) + " |")
+    rec = [d.get("loss_recovered") for d in sorted(dictionaries, key=lambda d: d["dict_size"])]
+    if len(rec) > 1 and all(r is not None for r in rec):
+        rising = all(b >= a for a, b in zip(rec, rec[1:]))
+        lines += ["", f"Loss recovered {'rises' if rising else 'does not rise'} with dictionary size"
+                      f"{' (as in the paper)' if rising else ' (the paper finds it does)'}."]
+    if splitting:
+        lines += ["", "## Feature splitting", "",
+                  "Nearest feature (decoder cosine) of each feature of a larger dictionary in a smaller one.", "",
+                  "| larger → smaller | median cosine | mean | ≥ 0.9 |", "|---|---:|---:|---:|"]
+        for pair, v in splitting.items():
+            if pair != "families":
+                a, b = pair.split("_to_")
+                lines.append(f"| {a} → {b} | {v['median_cosine']:.3f} | {v['mean_cosine']:.3f} | "
+                             f"{v['fraction_above_0.9']:.1%} |")
+    if families:
+        lines += ["", "Largest families (a feature of the smallest dictionary and the features it splits into):", ""]
+        for f in families[:5]:
+            grown = " → ".join(f"{len(c['features'])} in {size}" for size, c in f["children"].items())
+            lines.append(f"- feature {f['feature']} of {f['dict_size']} → {grown}")
+    for u in universality or []:
+        lines += ["", "## Universality", "",
+                  f"Two subject models differing only in seed, {u['dict_size']}-feature dictionaries: median best-match "
+                  f"activation correlation {u['feature_median']:.2f} for features vs {u['neuron_median']:.2f} for "
+                  f"neurons (paper: 0.72 vs 0.46)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,46 @@
+"""evaluate@<size>: the paper's metrics for one dictionary, on held-out contexts."""
+
+import sys
+
+import numpy as np
+import torch
+
+from monosemantic.activations import open_store
+from monosemantic.activations.reader import random_rows
+from monosemantic.errors import UserError
+from monosemantic.evaluation import evaluate_sae
+from monosemantic.model import load_model
+from monosemantic.sae.export import load_sae
+from stages._stage import run_stage
+
+
+def main(size: int) -> None:
+    with run_stage(f"evaluate@{size}", "evaluate") as s:
+        if size not in s.params.sae.dict_sizes:
+            raise UserError(f"dictionary size {size} is not in sae.dict_sizes {s.params.sae.dict_sizes}")
+        p = s.section
+        for name, path in (("activations", "data/activations.zarr"), ("model", "models/transformer"),
+                           ("sae", f"models/sae/{size}")):
+            s.input(name, path)
+        store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{size}")
+        if sae.d_in != store.acts.shape[1]:
+            raise UserError(f"models/sae/{size} reads {sae.d_in}-dim activations but the store holds "
+                            f"{store.acts.shape[1]}: re-run train_sae@{size}")
+        ctx, hook = store.group.attrs["ctx"], store.group.attrs["hook"]
+        (start, stop), (t0, t1) = store.splits["eval"], store.splits["train"]
+        n_seq = min(stop - start, p.max_tokens) // ctx
+        if n_seq == 0:
+            raise UserError(f"evaluate.max_tokens={p.max_tokens} is less than one context of {ctx} tokens")
+        # The cache holds eval contexts whole and in order, so its token ids rebuild them.
+        contexts = np.asarray(store.group["tokens"][start : start + n_seq * ctx]).reshape(n_seq, ctx)
+        mean = random_rows(store.acts, t0, t1, p.mean_ablation_samples, torch.Generator().manual_seed(p.seed)).mean(0)
+        metrics, histogram = evaluate_sae(model, hook, sae, contexts, mean, p.batch_seqs, p.ultralow_density,
+                                          p.dense_density, p.histogram_bins)
+        s.plot(f"plots/density/{size}.csv", histogram)
+        s.metrics(f"metrics/sae/{size}/eval.json", {"dict_size": size, **metrics})
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit("usage: python -m stages.evaluate <dictionary size>")
+    main(int(sys.argv[1]))
