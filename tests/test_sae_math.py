@@ -1,4 +1,6 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
 from monosemantic.sae.model import SparseAutoencoder, geometric_median
 from monosemantic.sae.resample import ENCODER_SCALE, per_input_loss, resample
@@ -137,3 +139,74 @@ def test_bf16_autocast_step_trains_and_keeps_fp32_weights():
         last = train_step(sae, opt, x, 0.01, bf16=True).loss.item()
     assert last < first and sae.W_enc.dtype == torch.float32
     assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
+
+
+def _plain_autograd(sae, x, l1_coefficient):
+    """The paper's formula through torch autograd, nothing else: the reference for forward()."""
+    params = [p.detach().clone().requires_grad_() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)]
+    W_enc, b_enc, W_dec, b_dec = params
+    f = torch.relu((x - b_dec) @ W_enc + b_enc)
+    x_hat = f @ W_dec + b_dec
+    loss = ((x_hat - x) ** 2).mean() + l1_coefficient * f.sum(-1).mean()
+    loss.backward()
+    return loss.detach(), f.detach(), x_hat.detach(), [p.grad for p in params]
+
+
+@pytest.mark.parametrize(
+    "bias, sparse_below, expect_sparse",
+    [(-2.0, 0.1, True),  # ~1% fire: the trained-dictionary regime
+     (-1e3, 0.1, True),  # no feature fires
+     (1e3, 0.1, False),  # every feature fires: dense
+     (0.0, 0.1, False),  # half fire: dense
+     (0.0, 2.0, True),  # half fire, forced onto the nonzeros
+     (1e3, 2.0, True),  # every feature fires, forced onto the nonzeros
+     (-2.0, 0.0, False)],  # ~1% fire, forced dense
+)
+def test_forward_values_and_gradients_equal_plain_autograd(bias, sparse_below, expect_sparse, monkeypatch):
+    import monosemantic.sae.model as model
+
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(24, 200)
+    with torch.no_grad():
+        sae.b_enc.normal_(bias, 0.3)
+        sae.b_dec.normal_()
+    sae.sparse_below = sparse_below
+    x = torch.randn(96, 24)
+    loss, f, x_hat, grads = _plain_autograd(sae, x, 0.3)
+
+    bags, embedding_bag = [], F.embedding_bag
+    monkeypatch.setattr(model.F, "embedding_bag", lambda *a, **k: bags.append(1) or embedding_bag(*a, **k))
+    out = sae(x, 0.3)
+    out.loss.backward()
+    assert bool(bags) == expect_sparse  # the branch was chosen by f's density
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
+    for ours, reference in [(out.f, f), (out.x_hat, x_hat), (out.loss, loss), (out.mse + 0.3 * out.l1, loss),
+                            *zip((sae.W_enc.grad, sae.b_enc.grad, sae.W_dec.grad, sae.b_dec.grad), grads)]:
+        close(ours, reference)
+
+
+def test_sparse_and_dense_training_steps_agree():
+    from monosemantic.sae.trainer import adam, train_step
+
+    torch.manual_seed(0)
+    x = torch.relu(torch.randn(128, 16))
+    sparse, dense = SparseAutoencoder(16, 64), SparseAutoencoder(16, 64)
+    dense.load_state_dict(sparse.state_dict())
+    sparse.sparse_below, dense.sparse_below = 2.0, 0.0
+    opts = adam(sparse, 1e-2), adam(dense, 1e-2)
+    for _ in range(20):
+        a, b = train_step(sparse, opts[0], x, 0.05), train_step(dense, opts[1], x, 0.05)
+        torch.testing.assert_close(a.loss, b.loss)
+    for name, value in sparse.state_dict().items():
+        torch.testing.assert_close(value, dense.state_dict()[name], rtol=1e-4, atol=1e-5)
+
+
+def test_an_input_that_needs_a_gradient_gets_it():
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(8, 32)
+    x = torch.randn(16, 8)
+    ours, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
+    sae(ours, 0.1).loss.backward()
+    f = sae.encode(reference)
+    (((sae.decode(f) - reference) ** 2).mean() + 0.1 * f.sum(-1).mean()).backward()
+    torch.testing.assert_close(ours.grad, reference.grad)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -35,6 +36,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     autocast_bf16: bool = False
+
+
+def adam(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
+    return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)  # one fused kernel: ~3x faster than the loop
 
 
 def train_step(sae: SparseAutoencoder, opt: torch.optim.Adam, x: torch.Tensor, l1: float, bf16: bool = False):
@@ -77,7 +82,7 @@ def train_sae(
 ) -> State:
     """Train `sae` in place. `batches(position)` yields training batches from a row position;
     `sample_inputs(n, gen)` draws n random training inputs (for b_dec's init and resampling)."""
-    opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr)
+    opt = adam(sae, cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     state = State(steps_since_fired=torch.zeros(sae.d_sae, dtype=torch.long))
     if checkpoint is not None and checkpoint.exists():
@@ -88,19 +93,19 @@ def train_sae(
             gen.set_state(saved["generator"])
             state = saved["state"]
             print(f"resuming SAE training from {checkpoint} at step {state.step}")
+    data = _ReadAhead(batches(state.step * cfg.batch_size))  # reading starts now, during b_dec's init
     if state.step == 0:
         with torch.no_grad():
             sae.b_dec.copy_(geometric_median(sample_inputs(min(cfg.resample_inputs, 32_768), gen)))
 
     t0, start = time.perf_counter(), state.step
-    data = batches(state.step * cfg.batch_size)
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train_sae d_sae={sae.d_sae}", unit="step")
     while state.step < cfg.steps:
         lr, l1 = schedule(state.step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
         out = train_step(sae, opt, next(data), l1, cfg.autocast_bf16)
-        fired = (out.f > 0).any(0)
+        fired = out.f.detach().amax(0) > 0  # f >= 0; faster than (f > 0).any(0)
         state.steps_since_fired = torch.where(fired, 0, state.steps_since_fired + 1)
         state.step += 1
         state.tokens += cfg.batch_size
@@ -114,7 +119,7 @@ def train_sae(
             resampled = int(dead.sum())
             state.resampled.append((state.step, resampled))
         if resampling or state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            l0 = (out.f > 0).float().sum(-1).mean().item()
+            l0 = torch.count_nonzero(out.f).item() / len(out.f)
             dead_now = int((state.steps_since_fired >= min(cfg.dead_window, state.step)).sum())
             rate = (state.step - start) * cfg.batch_size / (time.perf_counter() - t0)
             row = {"loss": out.loss.item(), "mse": out.mse.item(), "l1": out.l1.item(), "l0": l0,
@@ -128,6 +133,19 @@ def train_sae(
             _save(checkpoint, sae, opt, gen, state, fingerprint)
     bar.close()
     return state
+
+
+class _ReadAhead:
+    """The batches of `batches`, each read in a background thread while the one before it trains
+    (the first from construction on)."""
+
+    def __init__(self, batches: Iterator[torch.Tensor]):
+        self.batches, self.reader = batches, ThreadPoolExecutor(max_workers=1)
+        self.pending = self.reader.submit(next, batches)
+
+    def __next__(self) -> torch.Tensor:
+        batch, self.pending = self.pending.result(), self.reader.submit(next, self.batches)
+        return batch
 
 
 def _save(path: Path, sae, opt, gen, state: State, fingerprint: str) -> None:
