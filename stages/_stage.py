@@ -22,10 +22,11 @@ from monosemantic.params import Params, load_params
 
 
 class Stage:
-    def __init__(self, name: str, params: Params, section: str, run: tracking.Run):
+    def __init__(self, name: str, params: Params, section: str | None, run: tracking.Run,
+                 sections: dict[str, dict[str, Any]]):
         self.name, self.params, self.run = name, params, run
         self.section = _section(params, section)
-        self.section_name = section
+        self.sections = sections  # every params section the stage uses, as dvc.yaml lists them
         self.inputs: dict[str, dict[str, str]] = {}
 
     def input(self, name: str, path: str | Path) -> str:
@@ -44,10 +45,7 @@ class Stage:
         return hashlib.md5(blob.encode()).hexdigest()
 
     def record(self, **extra: Any) -> dict[str, Any]:
-        return provenance.make_record(
-            self.name, {self.section_name: self.section.model_dump(mode="json")} if self.section_name else {},
-            self.inputs, self.run.run_id, extra,
-        )
+        return provenance.make_record(self.name, self.sections, self.inputs, self.run.run_id, extra)
 
     def metrics(self, path: str | Path, values: dict[str, Any]) -> None:
         provenance.write_json(path, values)
@@ -75,12 +73,13 @@ class _NoParams:
 
 
 @contextlib.contextmanager
-def run_stage(name: str, section: str | None) -> Iterator[Stage]:
+def run_stage(name: str, section: str | None, also: tuple[str, ...] = ()) -> Iterator[Stage]:
+    """`section`: the stage's own params section; `also`: other sections it reads (logged and recorded)."""
     try:
         params = load_params()
-        with tracking.start_run(name, {section: _section(params, section).model_dump(mode="json")} if section else {},
-                                provenance.code_version()) as run:
-            yield Stage(name, params, section, run)
+        sections = {k: _section(params, k).model_dump(mode="json") for k in (section, *also) if k}
+        with tracking.start_run(name, sections, provenance.code_version()) as run:
+            yield Stage(name, params, section, run, sections)
     except UserError as e:
         print(f"error in stage {name}: {e}", file=sys.stderr)
         sys.exit(2)

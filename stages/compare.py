@@ -38,7 +38,7 @@ def main() -> None:
             s.plot(f"plots/splitting/{pair}.csv", rows)
         summary = splitting.summary(table, fams)
         s.metrics("metrics/splitting.json", summary)
-        for fam in fams[:3]:
+        for fam in [f for f in fams if any(len(c["features"]) > 1 for c in f["children"].values())][:3]:
             grown = ", ".join(f"{len(c['features'])} in {k}" for k, c in fam["children"].items())
             print(f"compare: feature {fam['feature']} of {fam['dict_size']} splits into {grown}")
         s.run.log_artifact(out)

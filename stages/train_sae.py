@@ -32,13 +32,7 @@ def main(size: int) -> None:
         def sample_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
             return random_rows(acts, start, stop, n, gen)
 
-        cfg = TrainConfig(
-            steps=p.steps, l1_coefficient=p.l1_coefficient, lr=p.lr, batch_size=p.batch_size,
-            l1_warmup_steps=p.l1_warmup_steps, lr_warmup_steps=p.lr_warmup_steps, lr_decay_steps=p.lr_decay_steps,
-            resample_steps=tuple(p.resample_steps) if p.resample else (), dead_window=p.dead_window,
-            resample_inputs=p.resample_inputs, log_every=p.log_every, checkpoint_every=p.checkpoint_every,
-            seed=p.seed, autocast_bf16=p.autocast_bf16,
-        )
+        cfg = TrainConfig.from_params(p)
         torch.manual_seed(p.seed)
         sae = SparseAutoencoder(acts.shape[1], size)
         checkpoint = Path(f"checkpoints/train_sae/{size}/checkpoint.pt")

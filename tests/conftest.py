@@ -1,7 +1,11 @@
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -21,3 +25,53 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("default", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+# ---------------------------------------------------------------- the tiny pipeline, shared by e2e tests
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+ENV.pop("MLFLOW_TRACKING_URI", None)
+
+
+def sh(*cmd, cwd, check=True, timeout=600):
+    res = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+def copy_project(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
+    for stale in ("dvc.lock", "metrics", "plots", "data", "models", "reports"):
+        target = dest / stale
+        shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    shutil.copy(ROOT / "tests/params_tiny.yaml", dest / "params.yaml")
+    sh("git", "init", "-q", cwd=dest)
+    sh("git", "add", "-A", cwd=dest)
+    sh("git", "commit", "-qm", "tiny", cwd=dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory):
+    path = copy_project(tmp_path_factory.mktemp("tiny"))
+    res = sh("dvc", "repro", cwd=path)
+    (path / "repro.log").write_text(res.stdout + res.stderr)
+    return path
+
+
+def clone_repo(repo: Path, dest: Path) -> Path:
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
+def set_params(path: Path, mutate) -> None:
+    raw = yaml.safe_load((path / "params.yaml").read_text())
+    mutate(raw)
+    (path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

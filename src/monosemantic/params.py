@@ -217,6 +217,9 @@ class Params(_Section):
             raise ValueError(f"universality.dict_sizes {missing} must be among sae.dict_sizes {self.sae.dict_sizes}")
         if self.universality.dict_sizes and self.model.source != "builtin":
             raise ValueError("universality trains a second built-in model: it needs model.source 'builtin'")
+        if self.universality.dict_sizes and self.universality.seed == self.model.seed:
+            raise ValueError(f"universality.seed={self.universality.seed} equals model.seed: the second model "
+                             "would be the first; choose another seed")
         return self
 
 

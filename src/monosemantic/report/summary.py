@@ -58,9 +58,10 @@ def summary_markdown(dictionaries: list[dict], model: dict | None = None, splitt
                 a, b = pair.split("_to_")
                 lines.append(f"| {a} → {b} | {v['median_cosine']:.3f} | {v['mean_cosine']:.3f} | "
                              f"{v['fraction_above_0.9']:.1%} |")
-    if families:
-        lines += ["", "Largest families (a feature of the smallest dictionary and the features it splits into):", ""]
-        for f in families[:5]:
+    splits = [f for f in families or [] if any(len(c["features"]) > 1 for c in f["children"].values())]
+    if splits:
+        lines += ["", "Largest splits (a feature of the smallest dictionary and its nearest features in larger ones):", ""]
+        for f in splits[:5]:
             grown = " → ".join(f"{len(c['features'])} in {size}" for size, c in f["children"].items())
             lines.append(f"- feature {f['feature']} of {f['dict_size']} → {grown}")
     for u in universality or []:

@@ -37,6 +37,17 @@ class TrainConfig:
     seed: int = 0
     autocast_bf16: bool = False
 
+    @classmethod
+    def from_params(cls, p) -> "TrainConfig":
+        """From params.yaml's ``sae.train`` (monosemantic.params.SAETrainParams)."""
+        return cls(
+            steps=p.steps, l1_coefficient=p.l1_coefficient, lr=p.lr, batch_size=p.batch_size,
+            l1_warmup_steps=p.l1_warmup_steps, lr_warmup_steps=p.lr_warmup_steps, lr_decay_steps=p.lr_decay_steps,
+            resample_steps=tuple(p.resample_steps) if p.resample else (), dead_window=p.dead_window,
+            resample_inputs=p.resample_inputs, log_every=p.log_every, checkpoint_every=p.checkpoint_every,
+            seed=p.seed, autocast_bf16=p.autocast_bf16,
+        )
+
 
 def adam(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)  # one fused kernel: ~3x faster than the loop
