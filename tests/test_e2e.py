@@ -19,7 +19,7 @@ import zarr
 from monosemantic.model import load_model
 from monosemantic.model.hooks import capture
 from monosemantic.provenance import hash_path
-from tests.conftest import ENV, clone_repo, set_params, sh
+from tests.conftest import BIN, ENV, clone_repo, set_params, sh
 
 pytestmark = pytest.mark.e2e
 def test_outputs_have_the_contracted_shapes(repo):
