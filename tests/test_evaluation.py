@@ -4,7 +4,6 @@ import copy
 import math
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 import torch.nn.functional as F
