@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup init repro test bench clean-venv
+.PHONY: setup init repro test bench browser clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,7 +26,12 @@ init: setup
 repro: init
 	dvc repro
 
-test: setup
+# The report tests drive a real browser: Debian's chromium (playwright's own download is not used).
+browser:
+	@[ -x /usr/bin/chromium ] || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: setup browser
 	$(PY) -m pytest
 
 bench: setup

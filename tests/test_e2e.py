@@ -66,7 +66,7 @@ def test_subject_model_learned(repo):
 def test_repro_is_clean_and_a_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo).stdout
     out = sh("dvc", "repro", cwd=repo).stdout
-    assert "Running stage" not in out and out.count("didn't change, skipping") == 11
+    assert "Running stage" not in out and out.count("didn't change, skipping") == 13
 
 
 def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
@@ -76,7 +76,8 @@ def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
     exp = client.get_experiment_by_name("monosemantic")
     runs = {r.data.tags["monosemantic.stage"]: r for r in client.search_runs([exp.experiment_id])}
     assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations",
-                         "train_sae@128", "train_sae@256", "evaluate@128", "evaluate@256", "compare", "report"}
+                         "train_sae@128", "train_sae@256", "evaluate@128", "evaluate@256", "interpret@128",
+                         "interpret@256", "compare", "report"}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     out_md5 = {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])}
@@ -342,3 +343,33 @@ def test_metrics_diff_shows_the_evaluation_after_a_params_change(repo, tmp_path)
     diff = sh("dvc", "metrics", "diff", "--md", cwd=work).stdout
     assert "metrics/sae/128/eval.json" in diff and "n_eval_tokens" in diff and "loss_recovered" in diff
     assert "| 8000 " in diff and "| 4000 " in diff
+
+
+@pytest.mark.parametrize("size", [128, 256])
+def test_features_and_neurons_are_explained_and_scored(repo, size):
+    m = json.loads((repo / f"metrics/sae/{size}/interp.json").read_text())
+    assert m["backend"] == "baseline" and m["n_tokens"] == 40000
+    assert m["features"]["scored"] == 40 and m["neurons"]["scored"] + m["neurons"]["too_rare"] == 128
+    for kind in ("features", "neurons"):  # explanations beat the chance level of a random one
+        assert m[kind]["mean_pearson"] > m[kind]["control_mean_pearson"] + 0.3, m[kind]
+    d = m["difference"]
+    assert d["ci_low"] < d["mean"] < d["ci_high"]
+    # The planted base64 domain has a feature of its own.
+    assert m["proxies"]["base64"]["feature_f1"] >= 0.8, m["proxies"]
+    features = pl.read_parquet(repo / f"reports/features/{size}/features.parquet")
+    assert features.height == size + 128 and features.filter(pl.col("interpreted")).height == m["features"][
+        "interpreted"] + m["neurons"]["interpreted"]
+    explained = features.filter(pl.col("interpreted"))
+    assert explained["explanation"].null_count() == 0 and explained["score_pearson"].is_between(-1, 1).all()
+    assert explained["logit_boost_tokens"].list.len().min() == 10
+    # pass 2 re-encodes only the chosen units: a sign flip of a value within rounding of 0 may move a count
+    assert ((explained["hist_counts"].list.sum() - explained["density"] * 40000).abs() <= 2).all()
+    examples = pl.read_parquet(repo / f"reports/features/{size}/examples.parquet")
+    held = examples.filter(pl.col("split") == "heldout")
+    assert held["simulated"].null_count() == 0 and examples.filter(pl.col("split") == "train")["simulated"].null_count() \
+        == examples.filter(pl.col("split") == "train").height
+    assert set(examples["group"]) == {"top", "interval", "random", "token"}
+    for (kind, index), rows in examples.group_by(["kind", "index"]):  # no context on both sides
+        train = set(rows.filter(pl.col("split") == "train")["context"])
+        assert not train & set(rows.filter(pl.col("split") == "heldout")["context"])
+    assert json.loads((repo / f"reports/features/{size}/provenance.json").read_text())["inputs"]["sae"]["md5"]

@@ -6,6 +6,7 @@ fast, names the key path and says what is allowed, and leaves existing outputs a
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -198,6 +199,74 @@ class UniversalityParams(_Section):
     max_tokens: int = Field(50_000, gt=0, description="shared held-out tokens the activations are correlated on")
 
 
+class Proxy(_Section):
+    """A hypothesis detector: which tokens should a feature for this hypothesis fire on?"""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    regex: str | None = Field(None, description="a token is positive where a match overlaps it (in its context's text)")
+    callable: str | None = Field(None, description="'module:function' taking a context's text, returning "
+                                                   "(start, end) character spans")
+
+    @model_validator(mode="after")
+    def _one_detector(self):
+        if (self.regex is None) == (self.callable is None):
+            raise ValueError(f"proxy {self.name!r} needs exactly one of regex or callable")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as e:
+                raise ValueError(f"proxy {self.name!r}: regex does not compile: {e}") from None
+        elif not re.fullmatch(r"[\w.]+:[\w.]+", self.callable):
+            raise ValueError(f"proxy {self.name!r}: callable must look like 'package.module:function'")
+        return self
+
+
+class OpenAIParams(_Section):
+    """Any OpenAI-compatible chat endpoint: OpenAI itself, or a local vLLM, llama.cpp or Ollama server."""
+
+    base_url: str = Field("https://api.openai.com/v1", pattern=r"^https?://")
+    model: str = "gpt-4o-mini"
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the key; "
+                                                                  "null for a server that needs none")
+    max_concurrency: int = Field(4, ge=1, le=64)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay, doubled each time (429 Retry-After wins)")
+    cache_dir: str = Field(".cache/llm", description="replies cached by prompt hash: a re-run costs nothing")
+
+
+class InterpretParams(_Section):
+    max_tokens: int = Field(500_000, gt=0, description="training tokens scanned (at most the cached train split)")
+    batch_tokens: int = Field(8192, gt=0)
+    features: int = Field(200, ge=0, description="features sampled at random for explanation; 0 = every one")
+    neurons: bool = Field(True, description="explain every MLP neuron too, for the features-vs-neurons comparison")
+    min_contexts: int = Field(5, ge=1, description="a unit needs this many activating contexts on each side "
+                                                   "(explain / held out) to be explained")
+    heldout_fraction: float = Field(0.5, gt=0, lt=1, description="contexts whose examples are kept for scoring")
+    window_before: int = Field(20, ge=0)
+    window_after: int = Field(8, ge=0)
+    top_examples: int = Field(10, ge=1)
+    intervals: int = Field(10, ge=1, description="equal-width activation intervals, as in the paper")
+    interval_examples: int = Field(2, ge=0, description="examples per interval")
+    random_examples: int = Field(5, ge=0)
+    top_tokens: int = Field(3, ge=0, description="the unit's top tokens, each shown in other contexts")
+    token_contexts: int = Field(2, ge=0, description="other contexts per top token")
+    histogram_bins: int = Field(30, ge=2, le=1000)
+    logit_tokens: int = Field(10, ge=1, description="boosted and suppressed tokens listed")
+    backend: Literal["baseline", "openai"] = "baseline"
+    openai: OpenAIParams = OpenAIParams()
+    proxies: list[Proxy] = Field(default_factory=list)
+    bootstrap: int = Field(2000, ge=100)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _checks(self):
+        names = [p.name for p in self.proxies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"proxy names {names} must be unique")
+        return self
+
+
 class Params(_Section):
     # Every section is required: DVC tracks them by name, so each must be written out.
     corpus: CorpusParams
@@ -209,6 +278,7 @@ class Params(_Section):
     evaluate: EvaluateParams
     compare: CompareParams
     universality: UniversalityParams
+    interpret: InterpretParams
 
     @model_validator(mode="after")
     def _universality_size(self):

@@ -1,0 +1,235 @@
+"""Interpret one dictionary: sample, explain, simulate, score, and test the hypothesis proxies.
+
+Its features and the subject model's MLP neurons go through the same protocol, so the two can
+be compared (the paper's headline: features are more interpretable than neurons).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from monosemantic.interpret.baseline import Explanation
+from monosemantic.interpret.logits import logit_effects, top_effects
+from monosemantic.interpret.proxies import Detector, token_labels
+from monosemantic.interpret.sampling import GROUPS, SPLITS, Scan, scan
+from monosemantic.interpret.scoring import bootstrap_difference, pearson, spearman, summarize
+from monosemantic.params import InterpretParams
+from monosemantic.sae.model import SparseAutoencoder
+
+
+@dataclass
+class Result:
+    features: pl.DataFrame   # one row per feature and per neuron
+    examples: pl.DataFrame   # one row per example window of an interpreted unit
+    proxies: pl.DataFrame    # one row per unit and proxy
+    metrics: dict[str, Any]
+
+
+def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: SparseAutoencoder, model: nn.Module,
+                         strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams) -> Result:
+    """Scan `tokens` (whole contexts) and their activations ``acts[first_row:]``; `strings` is each token
+    id's text, `backend` a Baseline or an LLMBackend."""
+    n_feat, d = sae.d_sae, sae.d_in
+    kinds = np.array(["feature"] * n_feat + ["neuron"] * (d if p.neurons else 0))
+    index = np.concatenate([np.arange(n_feat), np.arange(d if p.neurons else 0)])
+    rng = np.random.default_rng(p.seed)
+
+    # One product gives features and neurons: W = [W_enc | I] with b_dec folded into the bias
+    # (x W_enc + b_enc − b_dec W_enc = (x − b_dec) W_enc + b_enc), and x I is x exactly.
+    with torch.no_grad():
+        weight = torch.cat([sae.W_enc, torch.eye(d)], 1) if p.neurons else sae.W_enc.detach()
+        bias = torch.cat([sae.b_enc - sae.b_dec @ sae.W_enc, torch.zeros(d if p.neurons else 0)])
+
+    def encode(x: torch.Tensor, units: torch.Tensor | None) -> torch.Tensor:
+        out = torch.addmm(bias, x, weight) if units is None else torch.addmm(bias[units], x, weight[:, units])
+        n = n_feat if units is None else int((units < n_feat).sum())  # units list features first
+        out[:, :n].relu_()
+        return out
+
+    def choose(active: np.ndarray) -> np.ndarray:
+        eligible = active.min(0) >= p.min_contexts
+        feats = np.flatnonzero(eligible[:n_feat])
+        if 0 < p.features < len(feats):
+            feats = np.sort(rng.choice(feats, size=p.features, replace=False))
+        return np.concatenate([feats, n_feat + np.flatnonzero(eligible[n_feat:])])
+
+    n_ctx = len(tokens) // ctx
+    labels = token_labels(tokens.reshape(n_ctx, ctx), strings, list(proxies.values()))
+    s = scan(acts, first_row, tokens, ctx, encode, len(kinds), choose, labels, p)
+    ex, units = s.examples, s.interpreted
+
+    # Logit effects of each interpreted unit's output direction.
+    with torch.no_grad():
+        directions = torch.cat([sae.W_dec, torch.eye(d)])[torch.from_numpy(units)]
+    effects = logit_effects(model, directions)
+    boosted = top_effects(effects, p.logit_tokens) if effects is not None else None
+
+    # Explain from the training windows, simulate on the held-out ones.
+    jobs, heldout = [], []
+    for i, u in enumerate(units):
+        train, test = (ex.unit == u) & (ex.split == 0), (ex.unit == u) & (ex.split == 1)
+        job = {"name": f"{kinds[u]} {index[u]}", "tokens": ex.tokens[train], "before": ex.before[train],
+               "acts10": ex.acts[train] / s.max[u] * 10}
+        if boosted is not None:
+            job["boosted"] = [strings[t] for t in boosted[0][i].tolist()]
+            job["suppressed"] = [strings[t] for t in boosted[2][i].tolist()]
+        jobs.append(job)
+        heldout.append(np.flatnonzero(test))
+    print(f"interpret: explaining {len(units)} units ({(kinds[units] == 'feature').sum()} features) "
+          f"with the {type(backend).__name__} backend", flush=True)
+    explanations = backend.explain_all(jobs)
+    control_of = _control(units, kinds)
+    sims = backend.simulate_all([(explanations[i], ex.tokens[h], ex.before[h]) for i, h in enumerate(heldout)]
+                                + [(explanations[c], ex.tokens[h], ex.before[h]) for c, h in zip(control_of, heldout)])
+    simulated, control = sims[: len(units)], sims[len(units):]
+
+    rows = {u: {} for u in range(len(kinds))}
+    simulated_rows = np.full(ex.acts.shape, np.nan, dtype=np.float32)
+    for i, u in enumerate(units):
+        r, h = rows[u], heldout[i]
+        r["control_of"] = int(index[units[control_of[i]]])
+        expl = explanations[i]
+        if not isinstance(expl, Explanation):
+            r["explanation_error"] = expl
+            continue
+        r["explanation"], r["explanation_form"] = expl.text, json.dumps(expl.form) if expl.form else None
+        if isinstance(simulated[i], str):
+            r["explanation_error"] = f"simulation failed: {simulated[i]}"
+            continue
+        simulated_rows[h] = simulated[i]
+        true = ex.acts[h]
+        r["score_pearson"], r["score_spearman"] = pearson(simulated[i], true), spearman(simulated[i], true)
+        for g, name in enumerate(GROUPS[:3]):
+            in_group = ex.group[h] == g
+            r[f"score_{name}_pearson"] = pearson(simulated[i][in_group], true[in_group]) if in_group.any() else None
+        if isinstance(control[i], np.ndarray) and isinstance(explanations[control_of[i]], Explanation):
+            r["control_pearson"], r["control_spearman"] = pearson(control[i], true), spearman(control[i], true)
+    for u in np.flatnonzero(s.active_contexts.min(0) < p.min_contexts):
+        rows[u]["explanation_error"] = (f"too rare: {s.active_contexts[0, u]} and {s.active_contexts[1, u]} "
+                                        f"activating contexts (explainer, held-out side), under "
+                                        f"interpret.min_contexts={p.min_contexts}")
+
+    proxy_table, best = _proxies(s, list(proxies), kinds, index)
+    features = _features_table(s, kinds, index, rows, best, boosted, strings)
+    examples = _examples_table(ex, kinds, index, strings, simulated_rows)
+    metrics = _metrics(features, proxy_table, list(proxies), s, p, p.backend)
+    return Result(features, examples, proxy_table, metrics)
+
+
+def _control(units: np.ndarray, kinds: np.ndarray) -> list[int]:
+    """For each unit, another unit of its kind whose explanation serves as a chance-level control."""
+    out = list(range(len(units)))
+    for kind in ("feature", "neuron"):
+        idx = [i for i, u in enumerate(units) if kinds[u] == kind]
+        for a, b in zip(idx, idx[1:] + idx[:1]):  # a cyclic shift of a random sample: never itself
+            out[a] = b
+    return out
+
+
+def _proxies(s: Scan, names: list[str], kinds, index) -> tuple[pl.DataFrame, dict]:
+    """Precision, recall and F1 of "the unit fires" (activation > 0) against each proxy's tokens."""
+    tp, fired, positives = s.true_positives, s.fired[:, None], s.label_counts[None, :]
+    precision = np.divide(tp, fired, out=np.zeros_like(tp), where=fired > 0)
+    recall = np.divide(tp, positives, out=np.zeros_like(tp), where=positives > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    table = pl.DataFrame({
+        "kind": np.repeat(kinds, len(names)), "index": np.repeat(index, len(names)),
+        "proxy": pl.Series(np.tile(np.array(names, dtype=object), len(kinds)), dtype=pl.String),
+        "precision": precision.ravel(), "recall": recall.ravel(), "f1": f1.ravel(),
+    })
+    best = {}
+    for unit in np.flatnonzero(f1.max(1, initial=0) > 0):
+        k = int(f1[unit].argmax())
+        best[int(unit)] = {"best_proxy": names[k], "best_proxy_f1": float(f1[unit, k]),
+                           "best_proxy_precision": float(precision[unit, k]),
+                           "best_proxy_recall": float(recall[unit, k])}
+    return table, best
+
+
+_COLUMNS = {"explanation": pl.String, "explanation_error": pl.String, "explanation_form": pl.String,
+            "score_pearson": pl.Float64, "score_spearman": pl.Float64, "score_top_pearson": pl.Float64,
+            "score_interval_pearson": pl.Float64, "score_random_pearson": pl.Float64,
+            "control_pearson": pl.Float64, "control_spearman": pl.Float64, "control_of": pl.Int64,
+            "best_proxy": pl.String, "best_proxy_f1": pl.Float64, "best_proxy_precision": pl.Float64,
+            "best_proxy_recall": pl.Float64}
+
+
+def _features_table(s: Scan, kinds, index, rows: dict, best: dict, boosted, strings) -> pl.DataFrame:
+    n = len(kinds)
+    slot = np.full(n, -1)
+    slot[s.interpreted] = np.arange(len(s.interpreted))
+
+    def effects(k: int, as_tokens: bool) -> list[list]:
+        if boosted is None:
+            return [[] for _ in range(n)]
+        vals = boosted[k].tolist()
+        return [([strings[t] for t in vals[slot[u]]] if as_tokens else vals[slot[u]]) if slot[u] >= 0 else []
+                for u in range(n)]
+
+    data = {
+        "kind": kinds, "index": index, "density": s.density, "max_activation": s.max.astype(np.float64),
+        "mean_activation": s.mean, "interpreted": slot >= 0,
+        **{c: pl.Series([(rows[u] | best.get(u, {})).get(c) for u in range(n)], dtype=t) for c, t in _COLUMNS.items()},
+        "hist_counts": [s.histograms[slot[u]].tolist() if slot[u] >= 0 else [] for u in range(n)],
+        "logit_boost_tokens": effects(0, True), "logit_boost_values": effects(1, False),
+        "logit_suppress_tokens": effects(2, True), "logit_suppress_values": effects(3, False),
+    }
+    return pl.DataFrame(data, schema_overrides={"hist_counts": pl.List(pl.Int64),
+                                                "logit_boost_tokens": pl.List(pl.String),
+                                                "logit_boost_values": pl.List(pl.Float64),
+                                                "logit_suppress_tokens": pl.List(pl.String),
+                                                "logit_suppress_values": pl.List(pl.Float64)})
+
+
+def _examples_table(ex, kinds, index, strings, simulated) -> pl.DataFrame:
+    held = ex.split == 1
+    return pl.DataFrame({
+        "kind": kinds[ex.unit], "index": index[ex.unit],
+        "split": np.array(SPLITS, dtype=object)[ex.split], "group": np.array(GROUPS, dtype=object)[ex.group],
+        "interval": pl.Series([int(i) if i > 0 else None for i in ex.interval], dtype=pl.Int64),
+        "rank": ex.rank, "context": ex.context, "center": ex.center,
+        "tokens": [[strings[t] for t in row] for row in ex.tokens.tolist()],
+        "acts": ex.acts.astype(np.float64).tolist(),
+        "simulated": pl.Series([row.tolist() if h else None for row, h in zip(simulated.astype(np.float64), held)],
+                               dtype=pl.List(pl.Float64)),
+    }, schema_overrides={"split": pl.String, "group": pl.String, "tokens": pl.List(pl.String),
+                         "acts": pl.List(pl.Float64)})
+
+
+def _metrics(features: pl.DataFrame, proxies: pl.DataFrame, names: list[str], s: Scan, p: InterpretParams,
+             backend: str) -> dict:
+    out: dict[str, Any] = {"backend": backend, "n_tokens": s.n_tokens}
+    scored = {}
+    for kind in ("feature", "neuron"):
+        rows = features.filter((pl.col("kind") == kind) & pl.col("interpreted"))
+        pearsons = rows["score_pearson"].drop_nulls().to_numpy()
+        scored[kind] = pearsons
+        out[kind + "s"] = {
+            "interpreted": rows.height, "scored": len(pearsons),
+            "failed": rows.filter(pl.col("explanation_error").is_not_null()).height,
+            "too_rare": features.filter((pl.col("kind") == kind) &
+                                        pl.col("explanation_error").str.starts_with("too rare")).height,
+            **{f"{k}_pearson": v for k, v in summarize(pearsons).items() if k != "n"},
+            **{f"{k}_spearman": v for k, v in summarize(rows["score_spearman"].drop_nulls().to_numpy()).items()
+               if k in ("mean", "median")},
+            "control_mean_pearson": summarize(rows["control_pearson"].drop_nulls().to_numpy()).get("mean"),
+        }
+    out["difference"] = bootstrap_difference(scored["feature"], scored["neuron"], p.bootstrap, p.seed)
+    out["proxies"] = {}
+    for name, positives in zip(names, s.label_counts):
+        entry = {"positive_tokens": int(positives)}
+        for kind in ("feature", "neuron"):
+            rows = proxies.filter((pl.col("proxy") == name) & (pl.col("kind") == kind)).sort("f1", descending=True)
+            if rows.height:
+                top = rows.row(0, named=True)
+                entry |= {kind: top["index"], f"{kind}_f1": top["f1"], f"{kind}_precision": top["precision"],
+                          f"{kind}_recall": top["recall"]}
+        out["proxies"][name] = entry
+    return out

@@ -1,0 +1,158 @@
+"""What the site shows about each unit (feature or neuron), read from interpret's outputs.
+
+`reports/features/<size>/` holds features.parquet (one row per unit), examples.parquet (the
+example windows of interpreted units) and proxies.parquet (one row per unit and proxy). They
+are read once per size and handed to the templates as plain dicts; any file may be missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import polars as pl
+
+from monosemantic.report import svg, tokens
+
+GROUP_ORDER = {"top": 0, "interval": 1, "random": 2, "token": 3}
+Key = tuple[str, int]
+
+
+def page_path(size: int, kind: str, index: int) -> str:
+    """Where a unit's page lives, relative to the pages folder."""
+    return f"{size}/{kind}-{index}.html"
+
+
+def number(v: Any) -> float | None:
+    """A finite float or None: NaN is not JSON, and missing scores must read as missing."""
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+class Interpretation:
+    """One dictionary's interpret outputs."""
+
+    def __init__(self, size: int, folder: Path):
+        self.size = size
+        self.units = pl.read_parquet(folder / "features.parquet")
+        self.examples: dict[Key, list[dict]] = defaultdict(list)
+        if (folder / "examples.parquet").exists():
+            for row in pl.read_parquet(folder / "examples.parquet").iter_rows(named=True):
+                self.examples[(row["kind"], row["index"])].append(row)
+        self.proxies: dict[Key, list[dict]] = defaultdict(list)
+        if (folder / "proxies.parquet").exists():
+            table = pl.read_parquet(folder / "proxies.parquet").sort("f1", descending=True, nulls_last=True)
+            for row in table.iter_rows(named=True):
+                self.proxies[(row["kind"], row["index"])].append(row)
+        interpreted = self.units.filter(pl.col("interpreted"))
+        self.pages = {(k, i) for k, i in zip(interpreted["kind"], interpreted["index"])}
+
+    def scores(self, kind: str) -> list[float]:
+        return [v for v in self.units.filter(pl.col("kind") == kind)["score_pearson"].to_list() if number(v) is not None]
+
+    def controls(self) -> list[float]:
+        return [v for v in self.units["control_pearson"].to_list() if number(v) is not None]
+
+    def table_rows(self) -> list[list]:
+        """The index table's rows (columns as site.TABLE_COLUMNS), every unit of the dictionary."""
+        u = self.units
+        return [[self.size, kind, index, _round(d), _round(m), _round(s), _round(c), expl, err, proxy, _round(f1),
+                 page_path(self.size, kind, index) if interp else None]
+                for kind, index, d, m, s, c, expl, err, proxy, f1, interp in zip(
+                    u["kind"], u["index"], u["density"], u["max_activation"], u["score_pearson"], u["control_pearson"],
+                    u["explanation"], u["explanation_error"], u["best_proxy"], u["best_proxy_f1"], u["interpreted"])]
+
+    def pages_context(self, nearest: Nearest, pages: dict[int, set[Key]]) -> Iterator[dict[str, Any]]:
+        """One template context per interpreted unit, made as its page is written (they are large);
+        `pages`: which units have a page, per size."""
+        for row in self.units.filter(pl.col("interpreted")).iter_rows(named=True):
+            key = (row["kind"], row["index"])
+            yield {**row, "size": self.size, "path": page_path(self.size, *key),
+                   "histogram": _histogram(row), "groups": self._groups(key, row["max_activation"]),
+                   "boost": _logits(row["logit_boost_tokens"], row["logit_boost_values"]),
+                   "suppress": _logits(row["logit_suppress_tokens"], row["logit_suppress_values"]),
+                   "proxies": self.proxies.get(key, []),
+                   "control_path": _control_path(self.size, row, pages),
+                   "nearest": nearest.around(self.size, row["index"], pages) if row["kind"] == "feature" else []}
+
+    def _groups(self, key: Key, max_act: float | None) -> list[dict[str, Any]]:
+        rows = sorted(self.examples.get(key, []), key=lambda r: (
+            GROUP_ORDER.get(r["group"], 9), -(r["interval"] or 0) if r["group"] == "interval" else 0,
+            r["split"] != "train", r["rank"]))
+        n_intervals = max((r["interval"] or 0 for r in rows), default=0)  # the top examples are in the top one
+        scale = max_act or max((max(r["acts"], default=0) for r in rows), default=1.0)
+        groups: list[dict[str, Any]] = []
+        for r in rows:
+            label = _group_label(r["group"], r["interval"], n_intervals)
+            if not groups or groups[-1]["label"] != label:
+                groups.append({"label": label, "examples": [], "centers": []})
+            c = r["center"]
+            groups[-1]["examples"].append({
+                "html": tokens.example(r["tokens"], r["acts"], scale, c, r["simulated"]),
+                "heldout": r["split"] != "train"})
+            center_act = r["acts"][c] if 0 <= c < len(r["acts"]) else None
+            if center_act is not None:
+                groups[-1]["centers"].append(center_act)
+        for g in groups:
+            centers = g.pop("centers")
+            g["range"] = (min(centers), max(centers)) if centers else None
+        return groups
+
+
+class Nearest:
+    """Feature splitting across sizes (reports/splitting/nearest.parquet), both ways: a feature's
+    nearest feature in each smaller dictionary, and the features of larger ones nearest to it."""
+
+    def __init__(self, table: pl.DataFrame | None, top: int = 5):
+        self.down: dict[tuple[int, int], list[tuple[int, int, float]]] = defaultdict(list)
+        self.up: dict[tuple[int, int], list[tuple[int, int, float]]] = defaultdict(list)
+        for size, feature, other, near, cos in (table.iter_rows() if table is not None else ()):
+            self.down[(size, feature)].append((other, near, cos))
+            self.up[(other, near)].append((size, feature, cos))
+        self.top = top
+
+    def around(self, size: int, feature: int, pages: dict[int, set[Key]]) -> list[dict[str, Any]]:
+        def link(s: int, f: int, cos: float) -> dict[str, Any]:
+            has = ("feature", f) in pages.get(s, set())
+            return {"index": f, "cosine": cos, "path": page_path(s, "feature", f) if has else None}
+
+        out = [{"size": s, "relation": "its nearest feature there", "features": [link(s, f, c)]}
+               for s, f, c in sorted(self.down.get((size, feature), []))]
+        larger: dict[int, list] = defaultdict(list)
+        for s, f, c in self.up.get((size, feature), []):
+            larger[s].append((c, f))
+        for s in sorted(larger):
+            best = sorted(larger[s], reverse=True)
+            shown = f", the {self.top} closest" if len(best) > self.top else ""
+            out.append({"size": s, "relation": f"{len(best)} features there have it as their nearest{shown}",
+                        "features": [link(s, f, c) for c, f in best[: self.top]]})
+        return out
+
+
+def _group_label(group: str, interval: int | None, n: int) -> str:
+    if group == "interval":
+        return f"Interval {interval} of {n}" if n else "Interval"
+    return {"top": "Top activations", "random": "Random tokens",
+            "token": "Its top tokens in other contexts"}.get(group, group.capitalize())
+
+
+def _histogram(row: dict[str, Any]):
+    counts, hi = row["hist_counts"] or [], number(row["max_activation"]) or 0.0
+    return svg.bars(counts, 0.0, hi, "activation", "tokens", "activation histogram (nonzero activations)") \
+        if counts and hi > 0 else None
+
+
+def _logits(toks: list[str] | None, values: list[float] | None) -> list[tuple[Any, float]]:
+    return [(tokens.token_text(t), v) for t, v in zip(toks or [], values or [])]
+
+
+def _control_path(size: int, row: dict[str, Any], pages: dict[int, set[Key]]) -> str | None:
+    other = row.get("control_of")
+    has = other is not None and (row["kind"], other) in pages.get(size, set())
+    return page_path(size, row["kind"], other) if has else None
+
+
+def _round(v: Any) -> float | None:
+    v = number(v)
+    return float(f"{v:.4g}") if v is not None else None

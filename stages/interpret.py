@@ -1,0 +1,59 @@
+"""interpret@<size>: explain a sample of one dictionary's features and every MLP neuron, and score them."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from monosemantic.activations import open_store
+from monosemantic.errors import UserError
+from monosemantic.interpret import Baseline, ChatClient, LLMBackend, api_key, detector, interpret_dictionary
+from monosemantic.model import load_model
+from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
+from monosemantic.sae.export import load_sae
+from monosemantic.tokenizer import load_tokenizer
+from stages._stage import run_stage
+
+
+def main(size: int) -> None:
+    with run_stage(f"interpret@{size}", "interpret") as s:
+        p = s.section
+        if size not in s.params.sae.dict_sizes:
+            raise UserError(f"dictionary size {size} is not in sae.dict_sizes {s.params.sae.dict_sizes}")
+        key = api_key(p.openai) if p.backend == "openai" else None  # fail before any work
+        proxies = {proxy.name: detector(proxy) for proxy in p.proxies}
+        for name, path in (("activations", "data/activations.zarr"), ("tokenizer", "data/tokenizer.json"),
+                           ("model", "models/transformer"), ("sae", f"models/sae/{size}")):
+            s.input(name, path)
+        store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{size}")
+        tok = load_tokenizer("data/tokenizer.json")
+        strings = [tok.decode([i], skip_special_tokens=False) for i in range(tok.get_vocab_size())]
+        if sae.d_in != store.acts.shape[1]:
+            raise UserError(f"models/sae/{size} reads {sae.d_in}-dim activations but the store holds "
+                            f"{store.acts.shape[1]}: re-run train_sae@{size}")
+        ctx = store.group.attrs["ctx"]
+        t0, t1 = store.splits["train"]
+        n = min(t1 - t0, p.max_tokens) // ctx * ctx
+        if n == 0:
+            raise UserError(f"interpret.max_tokens={p.max_tokens} is less than one context of {ctx} tokens")
+        tokens = np.asarray(store.group["tokens"][t0 : t0 + n])
+        backend = (Baseline(strings) if p.backend == "baseline"
+                   else LLMBackend(ChatClient(p.openai, key), strings))
+        result = interpret_dictionary(store.acts, t0, tokens, ctx, sae, model, strings, proxies, backend, p)
+        out = Path(f"reports/features/{size}")
+        with atomic_output(out) as tmp:
+            result.features.write_parquet(tmp / "features.parquet")
+            result.examples.write_parquet(tmp / "examples.parquet")
+            result.proxies.write_parquet(tmp / "proxies.parquet")
+            write_json(tmp / PROVENANCE_FILE, s.record(dict_size=size, n_tokens=n))
+        s.metrics(f"metrics/sae/{size}/interp.json", {"dict_size": size, **result.metrics})
+        s.run.log_artifact(out / "features.parquet")
+        f, n_ = result.metrics["features"], result.metrics["neurons"]
+        print(f"interpret@{size}: features {f.get('mean_pearson', float('nan')):.3f} vs neurons "
+              f"{n_.get('mean_pearson', float('nan')):.3f} mean Pearson (control {f.get('control_mean_pearson')})")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit("usage: python -m stages.interpret <dictionary size>")
+    main(int(sys.argv[1]))

@@ -1,0 +1,172 @@
+"""The OpenAI-compatible backend against a small chat-completions server started on 127.0.0.1."""
+
+import json
+import secrets
+import socket
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from monosemantic.interpret import Explanation
+from monosemantic.interpret.llm import ChatClient, LLMBackend, LLMError
+from monosemantic.params import OpenAIParams
+from tests.conftest import BIN, ENV, clone_repo, set_params, sh
+
+KEY = "sk-test-" + secrets.token_hex(12)  # made at run time: the test file itself is in the repo
+BIN_PY = str(BIN / "python")
+
+
+class FakeChat:
+    """Answers like a chat model; `script` lists what to do with the next requests (then: answer)."""
+
+    def __init__(self):
+        self.script: list = []
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    fake.requests.append({"auth": self.headers.get("Authorization"), "body": body})
+                    action = fake.script.pop(0) if fake.script else "answer"
+                if action == "sleep":
+                    time.sleep(1.0)
+                    action = "answer"
+                if action == "429":
+                    return self._send(429, {"error": "slow down"}, {"Retry-After": "2"})
+                if action == "401":
+                    return self._send(401, {"error": f"bad key {self.headers.get('Authorization')}"})
+                content = "this is not JSON" if action == "garbage" else fake.answer(body["messages"])
+                self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
+
+            def _send(self, status, payload, headers=()):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for k, v in dict(headers).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def answer(messages) -> str:
+        user = messages[-1]["content"]
+        if "Excerpts" not in user:
+            return "digits and capital letters, as in encoded data"
+        excerpts = json.loads(user.split("JSON list of tokens:\n", 1)[1].split("\n\nReply", 1)[0])
+        acts = [[10 if any(c.isdigit() for c in t) else 0 for t in row] for row in excerpts]
+        return "```json\n" + json.dumps({"activations": acts}) + "\n```"
+
+
+@pytest.fixture
+def chat():
+    fake = FakeChat()
+    yield fake
+    fake.server.shutdown()
+
+
+def client(chat, tmp_path, sleeps=None, **kw):
+    p = OpenAIParams(base_url=chat.url if chat else "http://127.0.0.1:9/v1", model="m", timeout_s=0.5,
+                     max_retries=2, backoff_s=0.01, cache_dir=str(tmp_path / "cache"), **kw)
+    return ChatClient(p, KEY, sleep=(sleeps.append if sleeps is not None else lambda s: None))
+
+
+STRINGS = ["a", "b", "7", "Q9", " x"]
+TOKENS = np.array([[0, 2, 1, 3], [4, 4, 2, 0]])
+
+
+def test_explain_and_simulate_then_the_cache_answers(chat, tmp_path):
+    backend = LLMBackend(client(chat, tmp_path), STRINGS)
+    job = {"name": "feature 3", "tokens": TOKENS, "before": np.array([-1, 0]), "acts10": np.ones(TOKENS.shape),
+           "boosted": ["7"], "suppressed": ["a"]}
+    [explanation] = backend.explain_all([job])
+    assert explanation.text.startswith("digits")
+    [sim] = backend.simulate_all([(explanation, TOKENS, None)])
+    np.testing.assert_array_equal(sim, [[0, 10, 0, 10], [0, 0, 10, 0]])
+    assert len(chat.requests) == 2 and all(r["auth"] == f"Bearer {KEY}" for r in chat.requests)
+    prompt = chat.requests[0]["body"]["messages"][1]["content"]
+    assert "'7'\t1" in prompt and "more likely next: '7'" in prompt
+    again = LLMBackend(client(chat, tmp_path), STRINGS)  # a re-run: every reply comes from the cache
+    assert again.explain_all([job])[0] == explanation and len(chat.requests) == 2
+    assert again.client.calls == 0
+
+
+def test_a_timeout_is_retried(chat, tmp_path):
+    chat.script = ["sleep"]
+    c = client(chat, tmp_path)
+    assert c.complete([{"role": "user", "content": "hi"}], str) and c.calls == 2
+
+
+def test_429_waits_as_long_as_retry_after_says(chat, tmp_path):
+    chat.script = ["429", "429"]
+    sleeps = []
+    assert client(chat, tmp_path, sleeps).complete([{"role": "user", "content": "hi"}], str)
+    assert sleeps == [2.0, 2.0]
+
+
+def test_a_malformed_reply_is_asked_again_then_recorded_as_a_failure(chat, tmp_path):
+    chat.script = ["garbage"]
+    backend = LLMBackend(client(chat, tmp_path), STRINGS)
+    [sim] = backend.simulate_all([(Explanation("x"), TOKENS, None)])
+    assert sim.shape == TOKENS.shape  # the second answer parsed
+    chat.script = ["garbage"] * 3
+    [failed] = backend.simulate_all([(Explanation("y"), TOKENS, None)])
+    assert isinstance(failed, str) and "malformed reply" in failed and "after 3 attempts" in failed
+    cached = [json.loads(p.read_text())["reply"] for p in (tmp_path / "cache").rglob("*.json")]
+    assert "this is not JSON" not in cached  # a bad reply is never cached
+
+
+def test_server_down_is_a_recorded_failure(tmp_path):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = OpenAIParams(base_url=f"http://127.0.0.1:{port}/v1", timeout_s=0.5, max_retries=1, backoff_s=0,
+                     cache_dir=str(tmp_path / "c"))
+    [out] = LLMBackend(ChatClient(p, KEY, sleep=lambda s: None), STRINGS).explain_all(
+        [{"name": "n", "tokens": TOKENS, "acts10": np.zeros(TOKENS.shape)}])
+    assert isinstance(out, str) and "cannot reach" in out
+
+
+def test_the_key_is_redacted_from_errors(chat, tmp_path):
+    chat.script = ["401"]
+    with pytest.raises(LLMError) as e:
+        client(chat, tmp_path).complete([{"role": "user", "content": "hi"}], str)
+    assert "HTTP 401" in str(e.value) and KEY not in str(e.value) and "***" in str(e.value)
+
+
+@pytest.mark.e2e
+def test_interpret_stage_with_the_openai_backend_leaks_no_key(repo, tmp_path, chat):
+    path = clone_repo(repo, tmp_path / "r")
+
+    def use_openai(raw):
+        raw["interpret"] |= {"backend": "openai", "features": 10, "neurons": False,
+                             "openai": {"base_url": chat.url, "model": "fake", "api_key_env": "FAKE_LLM_KEY",
+                                        "max_concurrency": 4, "backoff_s": 0.0}}
+    set_params(path, use_openai)
+    missing = sh(BIN_PY, "-m", "stages.interpret", "128", cwd=path, check=False)
+    assert missing.returncode == 2 and "FAKE_LLM_KEY is not set" in missing.stderr
+    env = {**ENV, "FAKE_LLM_KEY": KEY}
+    res = subprocess.run([BIN_PY, "-m", "stages.interpret", "128"], cwd=path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads((path / "metrics/sae/128/interp.json").read_text())
+    assert m["backend"] == "openai" and m["features"]["scored"] == 10 and m["features"]["failed"] == 0
+    assert all(r["auth"] == f"Bearer {KEY}" for r in chat.requests)
+    for f in [p for p in path.rglob("*") if p.is_file()]:
+        assert KEY.encode() not in f.read_bytes(), f
+    assert KEY not in res.stdout + res.stderr
+
