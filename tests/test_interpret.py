@@ -1,8 +1,7 @@
 """Automated interpretability: the baseline explainer, the streaming scan, proxies, logit effects, scores."""
 
-import json
-
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from hypothesis import given, settings
@@ -173,3 +172,37 @@ def test_scan_statistics_and_windows_match_brute_force(n_ctx, ctx, d, density, b
         centre = ex.acts[top, ex.center[top]] if top.any() else np.zeros(0)
         np.testing.assert_array_equal(np.sort(centre)[::-1], got)
         assert s.histograms[list(s.interpreted).index(u)].sum() == (a[:, u] > 0).sum()
+
+
+class _FlakyBackend(Baseline):
+    """The baseline, except that the first explanation fails as an LLM call can."""
+
+    def explain_all(self, jobs):
+        return ["no reply within 60s, after 5 attempts"] + super().explain_all(jobs[1:])
+
+
+def test_interpret_dictionary_records_a_failed_explanation_and_scores_the_rest():
+    from monosemantic.interpret import interpret_dictionary
+    from monosemantic.sae.model import SparseAutoencoder
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n_ctx, ctx, d = 60, 16, 8
+    tokens = rng.integers(0, 42, n_ctx * ctx).astype(np.int32)
+    acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
+    acts[tokens == A, 0] = 3.0  # neuron 0 fires on "Alpha"
+    model = Transformer(TransformerConfig(vocab_size=42, ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
+    sae = SparseAutoencoder(d, 12)
+    p = _params(features=5, min_contexts=2)
+    alpha = {"alpha": detector(Proxy(name="alpha", regex="Alpha"))}
+    r = interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB, alpha, _FlakyBackend(VOCAB), p)
+    done = r.features.filter(pl.col("interpreted"))
+    first = done.row(0, named=True)
+    assert first["explanation"] is None and first["score_pearson"] is None and "no reply" in first["explanation_error"]
+    rest = done.slice(1)
+    assert rest["score_pearson"].null_count() == 0 and rest["control_pearson"].null_count() <= 1
+    neuron0 = r.features.filter((pl.col("kind") == "neuron") & (pl.col("index") == 0)).row(0, named=True)
+    assert neuron0["best_proxy"] == "alpha" and neuron0["best_proxy_recall"] == 1.0
+    assert '"Alpha"' in neuron0["explanation"] and neuron0["score_pearson"] > 0.5
+    assert r.metrics["features"]["failed"] == 1 and r.metrics["features"]["interpreted"] == 5
+    assert r.metrics["proxies"]["alpha"]["neuron"] == 0

@@ -86,9 +86,14 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
           f"with the {type(backend).__name__} backend", flush=True)
     explanations = backend.explain_all(jobs)
     control_of = _control(units, kinds)
-    sims = backend.simulate_all([(explanations[i], ex.tokens[h], ex.before[h]) for i, h in enumerate(heldout)]
-                                + [(explanations[c], ex.tokens[h], ex.before[h]) for c, h in zip(control_of, heldout)])
-    simulated, control = sims[: len(units)], sims[len(units):]
+    # Simulate each explanation on its own unit's held-out windows, and as the control on another's;
+    # a failed explanation (an error message) is simulated nowhere.
+    pairs = [(i, i) for i in range(len(units))] + [(c, i) for i, c in enumerate(control_of)]
+    pairs = [(e, i) for e, i in pairs if isinstance(explanations[e], Explanation)]
+    sims = dict(zip(pairs, backend.simulate_all(
+        [(explanations[e], ex.tokens[heldout[i]], ex.before[heldout[i]]) for e, i in pairs])))
+    simulated = [sims.get((i, i)) for i in range(len(units))]
+    control = [sims.get((c, i)) for i, c in enumerate(control_of)]
 
     rows = {u: {} for u in range(len(kinds))}
     simulated_rows = np.full(ex.acts.shape, np.nan, dtype=np.float32)
@@ -109,7 +114,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
         for g, name in enumerate(GROUPS[:3]):
             in_group = ex.group[h] == g
             r[f"score_{name}_pearson"] = pearson(simulated[i][in_group], true[in_group]) if in_group.any() else None
-        if isinstance(control[i], np.ndarray) and isinstance(explanations[control_of[i]], Explanation):
+        if isinstance(control[i], np.ndarray):
             r["control_pearson"], r["control_spearman"] = pearson(control[i], true), spearman(control[i], true)
     for u in np.flatnonzero(s.active_contexts.min(0) < p.min_contexts):
         rows[u]["explanation_error"] = (f"too rare: {s.active_contexts[0, u]} and {s.active_contexts[1, u]} "
