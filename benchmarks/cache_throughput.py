@@ -6,7 +6,11 @@ Uses models/transformer and data/tokens.zarr when present (real activations comp
 real thing); otherwise a randomly initialised default-size model and random tokens.
 """
 
-import argparse
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/cache_activations.py runs; before torch loads
+
+import argparse  # noqa: E402
 import json
 import subprocess
 import sys
