@@ -21,7 +21,7 @@ from monosemantic.interpret.dictionary import Result
 from monosemantic.model import load_model
 from monosemantic.params import load_params
 from monosemantic.sae.export import load_sae
-from monosemantic.tokenizer import load_tokenizer
+from monosemantic.tokenizer import load_tokenizer, token_strings
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
     p = load_params().interpret
     store, sae, model = open_store("data/activations.zarr"), load_sae(f"models/sae/{args.size}"), load_model("models/transformer")
     tok = load_tokenizer("data/tokenizer.json")
-    strings = [tok.decode([i], skip_special_tokens=False) for i in range(tok.get_vocab_size())]
+    strings = token_strings(tok)
     ctx, (t0, t1) = store.group.attrs["ctx"], store.splits["train"]
     n = min(t1 - t0, p.max_tokens) // ctx * ctx
     tokens = np.asarray(store.group["tokens"][t0 : t0 + n])

@@ -11,7 +11,7 @@ from monosemantic.interpret import Baseline, ChatClient, LLMBackend, api_key, de
 from monosemantic.model import load_model
 from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
 from monosemantic.sae.export import load_sae
-from monosemantic.tokenizer import load_tokenizer
+from monosemantic.tokenizer import load_tokenizer, token_strings
 from stages._stage import run_stage
 
 
@@ -27,7 +27,7 @@ def main(size: int) -> None:
             s.input(name, path)
         store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{size}")
         tok = load_tokenizer("data/tokenizer.json")
-        strings = [tok.decode([i], skip_special_tokens=False) for i in range(tok.get_vocab_size())]
+        strings = token_strings(tok)
         if sae.d_in != store.acts.shape[1]:
             raise UserError(f"models/sae/{size} reads {sae.d_in}-dim activations but the store holds "
                             f"{store.acts.shape[1]}: re-run train_sae@{size}")

@@ -39,3 +39,8 @@ def load_tokenizer(path: str | Path, separator: str | None = None) -> Tokenizer:
             "to one of its special tokens (e.g. '<|endoftext|>' or '</s>')"
         )
     return tok
+
+
+def token_strings(tok: Tokenizer) -> list[str]:
+    """Each token id's text, special tokens included (a byte-level piece of a character shows as U+FFFD)."""
+    return [tok.decode([i], skip_special_tokens=False) for i in range(tok.get_vocab_size())]

@@ -140,7 +140,7 @@ def _control(units: np.ndarray, kinds: np.ndarray) -> list[int]:
 
 def _proxies(s: Scan, names: list[str], kinds, index) -> tuple[pl.DataFrame, dict]:
     """Precision, recall and F1 of "the unit fires" (activation > 0) against each proxy's tokens."""
-    tp, fired, positives = s.true_positives, s.fired[:, None], s.label_counts[None, :]
+    tp, fired, positives = s.true_positives, (s.density * s.n_tokens)[:, None], s.label_counts[None, :]
     precision = np.divide(tp, fired, out=np.zeros_like(tp), where=fired > 0)
     recall = np.divide(tp, positives, out=np.zeros_like(tp), where=positives > 0)
     f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
@@ -219,8 +219,8 @@ def _metrics(features: pl.DataFrame, proxies: pl.DataFrame, names: list[str], s:
         out[kind + "s"] = {
             "interpreted": rows.height, "scored": len(pearsons),
             "failed": rows.filter(pl.col("explanation_error").is_not_null()).height,
-            "too_rare": features.filter((pl.col("kind") == kind) &
-                                        pl.col("explanation_error").str.starts_with("too rare")).height,
+            "too_rare": int(((s.active_contexts.min(0) < p.min_contexts)
+                             & (features["kind"] == kind).to_numpy()).sum()),
             **{f"{k}_pearson": v for k, v in summarize(pearsons).items() if k != "n"},
             **{f"{k}_spearman": v for k, v in summarize(rows["score_spearman"].drop_nulls().to_numpy()).items()
                if k in ("mean", "median")},

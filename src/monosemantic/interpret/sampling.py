@@ -5,10 +5,12 @@ into an explainer side and a held-out side, so training and scoring examples com
 contexts and never overlap.
 
 Pass 1 keeps, for every unit at once, its density, mean and max, how often it fires on each
-proxy's tokens, and on each side its top contexts and a uniform reservoir of activating contexts (priority sampling: the smallest random
-keys). Example contexts are then chosen the paper's way: the top interval, other intervals of
-equal activation width, random contexts, and the unit's top tokens in other contexts. Pass 2 encodes
-only the chosen units: their example windows, and their activation histograms over (0, max]. Memory depends on the number of units, not of tokens.
+proxy's tokens, and on each side its top contexts and a uniform reservoir of activating
+contexts (priority sampling: the smallest random keys). Example contexts are then chosen the
+paper's way: the top interval, other intervals of equal activation width, random contexts, and
+the unit's top tokens in other contexts. Pass 2 encodes only the chosen units: their example
+windows, and their activation histograms over (0, max]. Memory depends on the number of units,
+not of tokens.
 """
 
 from __future__ import annotations
@@ -54,7 +56,6 @@ class Scan:
     histograms: np.ndarray     # [I, bins] nonzero activations in equal-width bins over (0, max]
     examples: Examples
     true_positives: np.ndarray  # [U, proxies] tokens where the unit fires and the proxy holds
-    fired: np.ndarray          # [U] tokens where the unit fires
     label_counts: np.ndarray   # [proxies]
 
 
@@ -131,7 +132,7 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int,
         before=flat_before.astype(np.int32))
     n_tokens = n_ctx * ctx
     return Scan(n_tokens, (count / n_tokens).numpy(), (total / n_tokens).numpy(), peak_np, active_np, units,
-                hist.view(len(units), bins).numpy(), examples, true_pos.numpy(), count.numpy(), labels.sum(0))
+                hist.view(len(units), bins).numpy(), examples, true_pos.numpy(), labels.sum(0))
 
 
 class _Keep:
