@@ -5,7 +5,7 @@ from pathlib import Path
 
 from monosemantic.errors import UserError
 from monosemantic.evaluation import splitting
-from monosemantic.provenance import PROVENANCE_FILE, atomic_output, read_json, write_json
+from monosemantic.provenance import atomic_output, read_json, write_json, write_record
 from monosemantic.sae.export import load_sae
 from stages._stage import run_stage
 
@@ -31,7 +31,7 @@ def main() -> None:
         with atomic_output(out) as tmp:
             table.write_parquet(tmp / "nearest.parquet")
             write_json(tmp / "families.json", {"family_cosine": p.family_cosine, "families": fams[: p.top_families]})
-            write_json(tmp / PROVENANCE_FILE, s.record(dict_sizes=sizes))
+            write_record(tmp, s.record(dict_sizes=sizes))
         s.plot("plots/frontier.csv", frontier)
         shutil.rmtree("plots/splitting", ignore_errors=True)  # sizes may have been dropped
         for pair, rows in _by_pair(splitting.cosine_histogram(table)).items():

@@ -7,7 +7,7 @@ from monosemantic.corpus import (
     describe_sources,
     write_corpus,
 )
-from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
+from monosemantic.provenance import atomic_output, write_record
 from stages._stage import run_stage
 
 OUT = "data/corpus"
@@ -20,7 +20,7 @@ def main() -> None:
         frame = build_corpus(s.section)
         with atomic_output(OUT) as tmp:
             write_corpus(frame, tmp, s.section.shard_docs)
-            write_json(tmp / PROVENANCE_FILE, s.record(sources=sources))
+            write_record(tmp, s.record(sources=sources))
         s.metrics("metrics/corpus.json", corpus_stats(frame))
 
 

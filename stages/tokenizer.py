@@ -1,12 +1,11 @@
 """tokenizer: train a byte-level BPE on the corpus, or adopt a given tokenizer.json."""
 
 from monosemantic.corpus import read_corpus
-from monosemantic.provenance import atomic_output, write_json
+from monosemantic.provenance import atomic_output, write_record
 from monosemantic.tokenizer import load_tokenizer, train_bpe
 from stages._stage import run_stage
 
 OUT = "data/tokenizer.json"
-RECORD = "data/tokenizer.provenance.json"
 
 
 def main() -> None:
@@ -20,7 +19,7 @@ def main() -> None:
             tok = train_bpe(read_corpus("data/corpus")["text"], p.vocab_size, p.min_frequency, p.separator)
         with atomic_output(OUT, is_dir=False) as tmp:
             tok.save(str(tmp))
-        write_json(RECORD, s.record(vocab_size=tok.get_vocab_size()))
+        write_record(OUT, s.record(vocab_size=tok.get_vocab_size()))
         print(f"tokenizer: {tok.get_vocab_size()} tokens written to {OUT}")
 
 

@@ -10,7 +10,7 @@ from monosemantic.model import Transformer, TransformerConfig, save_model, vocab
 from monosemantic.model.hf import load_hf_model
 from monosemantic.model.hooks import get_module
 from monosemantic.model.train import evaluate_loss, train_model, unigram_entropy
-from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
+from monosemantic.provenance import atomic_output, write_record
 from monosemantic.tokens import read_tokens
 from stages._stage import run_stage
 
@@ -54,7 +54,7 @@ def main() -> None:
         }
         with atomic_output(OUT) as tmp:
             save_model(model, tmp)
-            write_json(tmp / PROVENANCE_FILE, s.record(hook=p.hook))
+            write_record(tmp, s.record(hook=p.hook))
         s.metrics("metrics/transformer.json", metrics)
         s.run.log_artifact(OUT)
         shutil.rmtree(CHECKPOINT.parent, ignore_errors=True)

@@ -9,7 +9,9 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="monosemantic", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    audit_p = sub.add_parser("audit", help="show and verify which data produced an artifact")
+    audit_p = sub.add_parser("audit", help="show and verify which data produced an artifact",
+                             epilog="exit status: 0 verified, 1 failed, 3 unverifiable (no check failed but some "
+                                    "could not be made), 2 the audit could not run (the message says why)")
     audit_p.add_argument("path", help="a dictionary (models/sae/<size>), the activation store, the model, "
                                       "the tokens, the tokenizer or the corpus")
     audit_p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -24,13 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "audit":
         from pathlib import Path
 
-        from monosemantic.audit import audit, render
+        from monosemantic.audit import EXIT_CODES, audit, render
+        from monosemantic.errors import UserError
 
         if not Path(args.path).exists():
             parser.error(f"{args.path} does not exist")
-        report = audit(args.path)
+        try:
+            report = audit(args.path)
+        except UserError as e:
+            print(f"monosemantic audit: error: {e}", file=sys.stderr)
+            return 2
         print(report.to_json() if args.json else render(report))
-        return 0 if report.ok else 1
+        return EXIT_CODES[report.verdict]
     if args.command == "diff":
         from monosemantic.review import ReviewError, diff_markdown
 

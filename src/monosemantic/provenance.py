@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
+from monosemantic.errors import UserError
+
 PROVENANCE_FILE = "provenance.json"
 
 
@@ -36,14 +38,25 @@ def hash_path(path: str | Path) -> str:
         return file_md5(path)
     if not path.is_dir():
         raise FileNotFoundError(f"cannot hash {path}: it does not exist")
-    entries = [
-        {"md5": file_md5(p), "relpath": p.relative_to(path).as_posix()}
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    ]
-    entries.sort(key=lambda e: e["relpath"])
-    listing = json.dumps(entries, sort_keys=True).encode()
-    return hashlib.md5(listing).hexdigest() + ".dir"
+    return dir_hash({rel: file_md5(path / rel) for rel in _files(path)})
+
+
+def dir_hash(md5s: dict[str, str]) -> str:
+    """DVC's hash of a directory whose files (relative posix path: md5) are `md5s`."""
+    entries = [{"md5": md5, "relpath": rel} for rel, md5 in sorted(md5s.items())]
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def _files(path: Path) -> list[str]:
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
+
+
+def file_hashes(out: str | Path) -> dict[str, str]:
+    """The md5 of each file of an output, by relative path; its own provenance.json excluded."""
+    out = Path(out)
+    if out.is_file():
+        return {out.name: file_md5(out)}
+    return {rel: file_md5(out / rel) for rel in _files(out) if rel != PROVENANCE_FILE}
 
 
 def code_version(root: str | Path = ".") -> dict[str, Any]:
@@ -95,16 +108,45 @@ def make_record(
     }
 
 
-def read_record(path: str | Path) -> dict[str, Any] | None:
-    """The provenance record an output carries: ``provenance.json`` in a directory, the
-    ``provenance`` attribute of a Zarr store, or ``<name>.provenance.json`` beside a file."""
+def record_path(path: str | Path) -> Path | None:
+    """Where an output's provenance record is: ``provenance.json`` in a directory,
+    ``<name>.provenance.json`` beside a file, or a Zarr store's ``zarr.json`` attributes."""
     path = Path(path)
-    for candidate in (path / PROVENANCE_FILE, path.with_name(path.stem + ".provenance.json")):
-        if candidate.is_file() and candidate != path:
-            return read_json(candidate)
-    if (path / "zarr.json").is_file():
-        return read_json(path / "zarr.json").get("attributes", {}).get("provenance")
-    return None
+    candidates = [path / PROVENANCE_FILE, path / "zarr.json"]
+    if path.name:  # "/" has no name to put a record beside
+        candidates.insert(1, path.with_name(path.stem + ".provenance.json"))
+    return next((c for c in candidates if c.is_file() and c != path), None)
+
+
+def read_record(path: str | Path) -> dict[str, Any] | None:
+    """The provenance record an output carries, or None if it carries none."""
+    where = record_path(path)
+    if where is None:
+        return None
+    fix = "restore the output (dvc checkout) or re-run the stage that made it"
+    try:
+        data = read_json(where)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{where} is not readable JSON ({e}); {fix}") from None
+    if where.name == "zarr.json":
+        attrs = data.get("attributes", {}) if isinstance(data, dict) else None
+        if not isinstance(attrs, dict):
+            raise UserError(f"{where}: not Zarr metadata with an attributes object; {fix}")
+        data = attrs.get("provenance")
+    if data is not None and not isinstance(data, dict):
+        raise UserError(f"{where}: the provenance record is a {type(data).__name__}, not a JSON object; {fix}")
+    return data
+
+
+def write_record(out: str | Path, record: dict[str, Any]) -> None:
+    """Write `out`'s provenance record with the md5 of each of its files as they are now, so a copy
+    of the output can be checked against its own record, away from the workspace that made it.
+
+    A directory's record is its ``provenance.json``; a file's is ``<name>.provenance.json`` beside it.
+    """
+    out = Path(out)
+    where = out / PROVENANCE_FILE if out.is_dir() else out.with_name(out.stem + ".provenance.json")
+    write_json(where, {**record, "files": file_hashes(out)})
 
 
 def write_json(path: str | Path, data: Any) -> None:
