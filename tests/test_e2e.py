@@ -109,11 +109,11 @@ def test_unknown_params_key_stops_repro_and_keeps_outputs(repo, tmp_path):
     "stage, mutate, message",
     [
         ("corpus", lambda r, d: r["corpus"]["sources"].append({"kind": "web"}), "corpus.sources.3"),
-        ("corpus", lambda r, d: r["corpus"].update(sources=[{"kind": "files", "paths": [f"{d}/missing/*.txt"]}]),
+        ("corpus", lambda r, d: r["corpus"].update(files_root=str(d), sources=[{"kind": "files", "paths": [f"{d}/missing/*.txt"]}]),
          "matched no files"),
-        ("corpus", lambda r, d: r["corpus"].update(sources=[{"kind": "files", "paths": [f"{d}/latin1.txt"]}]),
+        ("corpus", lambda r, d: r["corpus"].update(files_root=str(d), sources=[{"kind": "files", "paths": [f"{d}/latin1.txt"]}]),
          "latin1.txt byte 3 is not valid UTF-8"),
-        ("corpus", lambda r, d: r["corpus"].update(sources=[{"kind": "files", "paths": [f"{d}/blank.txt"]}]),
+        ("corpus", lambda r, d: r["corpus"].update(files_root=str(d), sources=[{"kind": "files", "paths": [f"{d}/blank.txt"]}]),
          "corpus is empty"),
         ("tokenize", lambda r, d: r["tokenize"].update(ctx=1), "tokenize.ctx: got 1"),
         ("tokenize", lambda r, d: r["tokenize"].update(ctx=60000), "shorter than one context"),
@@ -252,7 +252,7 @@ def audit_cli(path, cwd):
 
 def test_audit_of_a_dictionary_lists_its_lineage_and_passes(repo):
     code, report = audit_cli("models/sae/128", repo)
-    assert code == 0 and report["ok"] and not report["problems"], report["problems"]
+    assert code == 0 and report["verdict"] == "verified", (report["problems"], report["unchecked"])
     assert set(report["artifacts"]) == {"models/sae/128", "data/activations.zarr", "models/transformer",
                                         "data/tokens.zarr", "data/tokenizer.json", "data/corpus"}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
@@ -263,7 +263,7 @@ def test_audit_of_a_dictionary_lists_its_lineage_and_passes(repo):
     assert {s["kind"] for s in corpus["sources"]} == {"builtin", "synthetic"}
     assert all("seed" in s for s in corpus["sources"]) and corpus["sources"][0]["python"]
     text = sh(str(BIN / "monosemantic"), "audit", "models/sae/128", cwd=repo).stdout
-    assert "audit passed" in text and "[cache_activations]" in text and "mlflow run" in text
+    assert "audit passed: verified" in text and "[cache_activations]" in text and "mlflow run" in text
 
 
 def _flip_byte(path: Path) -> None:
@@ -296,9 +296,9 @@ def test_audit_names_what_changed_after_the_run(repo, tmp_path, edit, culprit, k
 def test_a_copied_dictionary_is_audited_from_its_own_record(repo, tmp_path):
     shutil.copytree(repo / "models/sae/128", tmp_path / "elsewhere")
     code, report = audit_cli(tmp_path / "elsewhere", tmp_path)
-    assert code == 0 and report["workspace"] is None
+    assert code == 3 and report["verdict"] == "unverifiable" and report["workspace"] is None
     assert report["artifacts"]["data/activations.zarr"]["md5"].endswith(".dir")
-    assert any("could not be checked" in u for u in report["unchecked"])
+    assert [g["path"] for g in report["unchecked"]] == ["data/activations.zarr", str(tmp_path / "elsewhere")]
 
 
 EVAL_KEYS = {"mse", "fvu", "l0", "loss_original", "loss_reconstructed", "loss_zero_ablation", "loss_mean_ablation",

@@ -170,3 +170,12 @@ def test_interpret_stage_with_the_openai_backend_leaks_no_key(repo, tmp_path, ch
         assert KEY.encode() not in f.read_bytes(), f
     assert KEY not in res.stdout + res.stderr
 
+
+
+def test_a_key_is_never_sent_over_plain_http_to_another_host_without_an_opt_in():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="allow_insecure_http: true"):
+        OpenAIParams(base_url="http://llm.example.com/v1", api_key_env="FAKE_LLM_KEY")
+    assert OpenAIParams(base_url="http://llm.example.com/v1", api_key_env="FAKE_LLM_KEY", allow_insecure_http=True)
+    assert OpenAIParams(base_url="http://127.0.0.1:8000/v1", api_key_env="FAKE_LLM_KEY")  # as the tests above

@@ -61,3 +61,128 @@ def test_missing_and_malformed_files(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("corpus: [unclosed\n")
     assert "not valid YAML" in str(pytest.raises(ParamsError, load_params, bad).value)
+
+
+# ---------------------------------------------------------------- dictionary sizes
+@pytest.mark.parametrize("sizes, expected", [
+    ([128, 0], "sae.dict_sizes.1: got 0; Input should be greater than or equal to 1"),  # was: a 0-feature SAE
+    ([128, -256], "sae.dict_sizes.1: got -256"),  # was: stages printed only a usage line
+    ([128, True], "sae.dict_sizes.1: got True"),
+    ([128, 1 << 30], "sae.dict_sizes.1: got 1073741824; Input should be less than or equal to 16777216"),
+    ([128, 256, 128], "sae.dict_sizes: got [128, 256, 128]; 128 listed twice"),  # was: outputs overwritten
+])
+def test_dict_sizes_are_positive_unique_integers(tmp_path, sizes, expected):
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, lambda r: r["sae"].update(dict_sizes=sizes)))
+              .value)
+    assert expected in msg
+
+
+def test_universality_dict_sizes_are_positive(tmp_path):
+    path = write(tmp_path, lambda r: r["universality"].update(dict_sizes=[-1]))
+    assert "universality.dict_sizes.0: got -1" in str(pytest.raises(ParamsError, load_params, path).value)
+
+
+# ---------------------------------------------------------------- memory
+GIB = 1 << 30
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine of 23 GiB, whatever this one has."""
+    from monosemantic import resources
+
+    monkeypatch.setattr(resources, "machine_memory", lambda: 23 * GIB)
+
+
+@pytest.mark.parametrize("name", ["params.yaml", "tests/params_tiny.yaml"])
+def test_shipped_params_fit_a_small_machine(name):
+    from monosemantic.resources import check_memory, estimates
+
+    params = load_params(ROOT / name)
+    assert max(e.bytes for e in estimates(params, params.model.d_mlp)) < 4 * GIB
+    check_memory(params, params.model.d_mlp, available=8 * GIB)
+
+
+def test_a_dictionary_too_large_for_memory_fails_before_work_naming_the_keys(tmp_path, machine):
+    def huge(r):
+        r["sae"]["dict_sizes"] = [128, 1_000_000]
+        r["sae"]["train"]["batch_size"] = 8192
+
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, huge)).value)
+    assert "sae.dict_sizes.1=1000000 with sae.train.batch_size=8192 (d=128)" in msg
+    assert "this machine has 23 GiB" in msg and "lower sae.train.batch_size or sae.dict_sizes.1" in msg
+    needs = float(msg.split("needs ~")[1].split(" GiB")[0])
+    # f, its gradient and the masked gradient alone are 3 x 8192 x 1e6 x 4 bytes; 4 x 2 x 128 x 1e6 x 4 for Adam
+    assert needs >= (3 * 8192 * 1_000_000 * 4 + 16 * 128 * 1_000_000 * 2) / GIB
+
+
+def test_an_activation_shard_too_large_for_memory_names_the_chunk_keys(tmp_path, machine):
+    path = write(tmp_path, lambda r: r["activations"].update(chunk_seqs=4096, shard_chunks=4096))
+    msg = str(pytest.raises(ParamsError, load_params, path).value)
+    assert "activations.chunk_seqs=4096 x shard_chunks=4096 x tokenize.ctx=32" in msg and "cache_activations" in msg
+    assert "lower activations.shard_chunks or activations.chunk_seqs" in msg
+
+
+def test_check_memory_takes_the_real_width_for_hf_models(tmp_path, machine):
+    """An hf model's width is known only once loaded: load_params skips the check, stages call it with d."""
+    from monosemantic.resources import check_memory
+
+    def hf(r):
+        r["model"].update(source="hf", hf={"name_or_path": "gpt2"}, hook="transformer.h.0.mlp.act")
+        r["sae"]["dict_sizes"] = [128, 200_000]
+
+    params = load_params(write(tmp_path, hf))
+    check_memory(params, 16)  # a narrow model fits
+    msg = str(pytest.raises(ParamsError, check_memory, params, 4096).value)  # Adam on 2 x 4096 x 200000 weights
+    assert "sae.dict_sizes.1=200000" in msg and "(d=4096)" in msg and "Adam" in msg
+
+
+def test_machine_memory_is_a_positive_byte_count():
+    from monosemantic.resources import machine_memory
+
+    assert 256 * 1024**2 < machine_memory() < 1 << 50
+
+
+# ---------------------------------------------------------------- params that run code or send the key
+def proxy(r, **kw):
+    r["interpret"]["proxies"] = [{"name": "x", "callable": "os:system"}]
+    r["interpret"].update(kw)
+
+
+def test_callable_proxies_need_an_explicit_opt_in(tmp_path):
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, proxy)).value)
+    assert "interpret.proxies.0.callable ('os:system') would import and run that code" in msg
+    assert "interpret.allow_callables: true" in msg
+    params = load_params(write(tmp_path, lambda r: proxy(r, allow_callables=True)))
+    assert params.interpret.allow_callables and params.interpret.proxies[0].callable == "os:system"
+
+
+@pytest.mark.parametrize("url, key_env, allow, ok", [
+    ("http://example.com/v1", "OPENAI_API_KEY", False, False),    # the key in clear to another host
+    ("http://10.0.0.7:8000/v1", "OPENAI_API_KEY", False, False),
+    ("http://127.0.0.1.example.com/v1", "K", False, False),       # not loopback, whatever it looks like
+    ("http://example.com/v1", "OPENAI_API_KEY", True, True),      # opted in
+    ("http://example.com/v1", None, False, True),                 # no key to leak
+    ("https://example.com/v1", "OPENAI_API_KEY", False, True),
+    ("http://127.0.0.1:8000/v1", "K", False, True),               # a local vLLM / llama.cpp / Ollama
+    ("http://127.3.2.1:8000/v1", "K", False, True),
+    ("http://localhost:11434/v1", "K", False, True),
+    ("http://[::1]:8000/v1", "K", False, True),
+])
+def test_plain_http_with_a_key_to_another_host_needs_an_opt_in(tmp_path, url, key_env, allow, ok):
+    def endpoint(r):
+        r["interpret"]["openai"] = {"base_url": url, "api_key_env": key_env, "allow_insecure_http": allow}
+
+    path = write(tmp_path, endpoint)
+    if ok:
+        assert load_params(path).interpret.openai.base_url == url
+    else:
+        msg = str(pytest.raises(ParamsError, load_params, path).value)
+        assert f"interpret.openai.base_url {url!r} is plain http" in msg and "allow_insecure_http: true" in msg
+
+
+@pytest.mark.parametrize("name", ["OPENAI KEY", "$HOME", "KEY=x", ""])
+def test_api_key_env_is_an_environment_variable_name(tmp_path, name):
+    path = write(tmp_path, lambda r: r["interpret"].update(openai={"api_key_env": name}))
+    msg = str(pytest.raises(ParamsError, load_params, path).value)
+    assert "interpret.openai.api_key_env" in msg and "name of an environment variable" in msg

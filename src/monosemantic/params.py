@@ -6,13 +6,16 @@ fast, names the key path and says what is allowed, and leaves existing outputs a
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from monosemantic.errors import UserError
 
@@ -22,6 +25,9 @@ class _Section(BaseModel):
 
 
 # ---------------------------------------------------------------- corpus
+_GLOB_MAGIC = re.compile(r"[*?[]")
+
+
 class BuiltinSource(_Section):
     """Real text shipped with the Python interpreter: works offline, everywhere."""
 
@@ -35,7 +41,8 @@ class BuiltinSource(_Section):
 class FilesSource(_Section):
     kind: Literal["files"]
     weight: float = Field(1.0, gt=0)
-    paths: list[str] = Field(min_length=1, description="globs of .txt, .jsonl or .parquet files")
+    paths: list[str] = Field(min_length=1, description="globs of .txt, .jsonl or .parquet files ('~' expands); "
+                                                        "each must lie under corpus.files_root")
     text_field: str = "text"
     encoding_errors: Literal["error", "replace", "skip"] = "error"
 
@@ -71,6 +78,46 @@ class CorpusParams(_Section):
     max_chars: int = Field(gt=0, description="total size cap, shared by sources in proportion to weight")
     seed: int = 0
     shard_docs: int = Field(5000, gt=0, description="documents per parquet shard")
+    files_root: str = Field(
+        "texts", min_length=1,
+        description="the directory holding every `files` source's inputs: dvc.yaml makes it a dependency of the "
+                    "corpus stage, so editing, adding or removing a file under it reruns corpus. Absolute, or "
+                    "relative to the project root; DVC follows no symbolic link to a directory inside it")
+
+    @field_validator("files_root")
+    @classmethod
+    def _trackable_root(cls, root: str) -> str:
+        # DVC reads this path from params.yaml as written: it expands no '~' and no glob.
+        if root.startswith("~"):
+            raise ValueError(f"DVC does not expand '~': write the absolute path, {os.path.expanduser(root)!r}")
+        if _GLOB_MAGIC.search(root) or not root.strip("/"):
+            raise ValueError("must be one directory (no wildcards, not '/'): the parent of every files source")
+        return root
+
+    @model_validator(mode="after")
+    def _files_under_root(self):
+        """A files source outside files_root would be invisible to DVC: edited inputs, stale corpus."""
+        root = os.path.realpath(self.files_root)
+        bases = {(i, j, pattern): os.path.realpath(_glob_root(os.path.expanduser(pattern)) or ".")
+                 for i, src in enumerate(self.sources) if isinstance(src, FilesSource)
+                 for j, pattern in enumerate(src.paths)}
+        outside = [f"corpus.sources.{i}.paths.{j} ({pattern!r})" for (i, j, pattern), base in bases.items()
+                   if os.path.commonpath([root, base]) != root]
+        if outside:
+            verb = "lies" if len(outside) == 1 else "lie"
+            raise ValueError(
+                f"{', '.join(outside)} {verb} outside corpus.files_root {self.files_root!r}, the directory DVC "
+                "watches so that an edited, added or removed file reruns the corpus stage; set corpus.files_root: "
+                f"{os.path.commonpath(list(bases.values()))} (a directory holding every files source), or move "
+                "the files under it")
+        return self
+
+
+def _glob_root(pattern: str) -> str:
+    """The static part of a glob, before its first wildcard: the directory every match lies under."""
+    parts = Path(pattern).parts
+    static = next((k for k, part in enumerate(parts) if _GLOB_MAGIC.search(part)), len(parts))
+    return str(Path(*parts[:static])) if static else ""
 
 
 # ---------------------------------------------------------------- tokenizer / tokenize
@@ -167,9 +214,24 @@ class SAETrainParams(_Section):
         return self
 
 
+MAX_DICT_SIZE = 1 << 24  # 16.8M features: 2^7 times the paper's largest; memory is checked separately
+
+DictSize = Annotated[StrictInt, Field(ge=1, le=MAX_DICT_SIZE)]
+
+
 class SAEParams(_Section):
-    dict_sizes: list[int] = Field(min_length=1, description="one dictionary (and DVC stage) per size")
+    dict_sizes: list[DictSize] = Field(min_length=1, description="one dictionary (and DVC stage) per size")
     train: SAETrainParams
+
+    @field_validator("dict_sizes")
+    @classmethod
+    def _unique(cls, sizes: list[int]) -> list[int]:
+        """Each size names one dictionary, its DVC stages and its output directories: two would collide."""
+        dupes = sorted({s for s in sizes if sizes.count(s) > 1})
+        if dupes:
+            raise ValueError(f"{', '.join(map(str, dupes))} listed twice; each size is one dictionary and one DVC "
+                             "stage: remove the duplicate")
+        return sizes
 
 
 # ---------------------------------------------------------------- evaluation and analyses
@@ -193,7 +255,7 @@ class CompareParams(_Section):
 class UniversalityParams(_Section):
     """A second subject model that differs only in its seed, with its own SAE of one size."""
 
-    dict_sizes: list[int] = Field(
+    dict_sizes: list[DictSize] = Field(
         default_factory=list, max_length=1, description="[] turns the analysis off; [1024] runs it at that size")
     seed: int = Field(1, description="the second model's seed (model.seed is the first's)")
     max_tokens: int = Field(50_000, gt=0, description="shared held-out tokens the activations are correlated on")
@@ -222,17 +284,51 @@ class Proxy(_Section):
 
 
 class OpenAIParams(_Section):
-    """Any OpenAI-compatible chat endpoint: OpenAI itself, or a local vLLM, llama.cpp or Ollama server."""
+    """Any OpenAI-compatible chat endpoint: OpenAI itself, or a local vLLM, llama.cpp or Ollama server.
 
-    base_url: str = Field("https://api.openai.com/v1", pattern=r"^https?://")
+    The endpoint receives the key: plain HTTP to another machine would show it to the network,
+    so that takes an explicit allow_insecure_http (loopback servers need none).
+    """
+
+    base_url: str = Field("https://api.openai.com/v1", pattern=r"^https?://[^/?#]+")
     model: str = "gpt-4o-mini"
     api_key_env: str | None = Field("OPENAI_API_KEY", description="environment variable holding the key; "
                                                                   "null for a server that needs none")
+    allow_insecure_http: bool = Field(False, description="send the key over plain http to a non-loopback host")
     max_concurrency: int = Field(4, ge=1, le=64)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, le=20)
     backoff_s: float = Field(1.0, ge=0, description="first retry delay, doubled each time (429 Retry-After wins)")
     cache_dir: str = Field(".cache/llm", description="replies cached by prompt hash: a re-run costs nothing")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError("must be the name of an environment variable (letters, digits and _), e.g. "
+                             "OPENAI_API_KEY; the key itself never goes in params.yaml")
+        return name
+
+    @model_validator(mode="after")
+    def _key_not_in_clear(self):
+        url = urlsplit(self.base_url)
+        if url.scheme == "http" and self.api_key_env is not None and not self.allow_insecure_http \
+                and not _is_loopback(url.hostname or ""):
+            raise ValueError(
+                f"interpret.openai.base_url {self.base_url!r} is plain http to another host, and the key in "
+                f"${self.api_key_env} would travel unencrypted: use https, set api_key_env: null for a server that "
+                "needs no key, or set interpret.openai.allow_insecure_http: true if this network is trusted")
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1: a server on this machine (a local vLLM, llama.cpp, Ollama)."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class InterpretParams(_Section):
@@ -256,6 +352,8 @@ class InterpretParams(_Section):
     backend: Literal["baseline", "openai"] = "baseline"
     openai: OpenAIParams = OpenAIParams()
     proxies: list[Proxy] = Field(default_factory=list)
+    allow_callables: bool = Field(False, description="let `callable` proxies import and run their code on corpus "
+                                                     "text; off, only regex proxies are accepted")
     bootstrap: int = Field(2000, ge=100)
     seed: int = 0
 
@@ -264,6 +362,11 @@ class InterpretParams(_Section):
         names = [p.name for p in self.proxies]
         if len(set(names)) != len(names):
             raise ValueError(f"proxy names {names} must be unique")
+        code = [f"interpret.proxies.{i}.callable ({p.callable!r})" for i, p in enumerate(self.proxies) if p.callable]
+        if code and not self.allow_callables:
+            raise ValueError(
+                f"{', '.join(code)} would import and run that code on corpus text: set "
+                "interpret.allow_callables: true if you trust it as you trust this project's code, or use a regex")
         return self
 
 
@@ -306,10 +409,18 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {e}") from None
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as e:
         lines = "\n".join(f"  - {_describe(err)}" for err in e.errors())
         raise ParamsError(f"{path} is invalid ({e.error_count()} problem(s)):\n{lines}") from None
+    if params.model.source == "builtin":  # the activation width is known; an hf model's, once loaded
+        from monosemantic.resources import check_memory
+
+        try:
+            check_memory(params, max(params.model.d_mlp, params.model.d_model))
+        except ParamsError as e:
+            raise ParamsError(f"{path} asks for more memory than this machine has: {e}") from None
+    return params
 
 
 _SOURCE_KINDS = {
@@ -337,7 +448,10 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{path}: unknown key (a typo?); allowed keys here: {allowed}"
     if err["type"] == "missing":
         return f"{path}: required key is missing"
-    return f"{path}: got {err.get('input')!r}; {err['msg']}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a check across a section's keys
+        return msg if path and msg.startswith(path) else f"{path or 'params'}: {msg}"
+    return f"{path}: got {err.get('input')!r}; {msg}"
 
 
 def _model_under(model, key: str):
