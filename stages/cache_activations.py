@@ -16,6 +16,7 @@ import torch
 
 from monosemantic.activations import Layout, cache_activations
 from monosemantic.errors import UserError
+from monosemantic.resources import check_memory
 from monosemantic.model import load_model, model_config
 from monosemantic.model.hooks import capture
 from monosemantic.tokens import read_tokens
@@ -40,6 +41,7 @@ def main() -> None:
             )
         rows = np.concatenate([np.arange(n_train), store.n_train + np.arange(n_eval)])
         d = capture(model, hook, torch.from_numpy(store.tokens[:1]).long()).shape[-1]
+        check_memory(s.params, d)  # the real width, for a Hugging Face model too
         train_tokens = n_train * store.ctx
         attrs = {
             "hook": hook,

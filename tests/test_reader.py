@@ -75,3 +75,22 @@ def test_random_rows_come_from_the_range_in_whole_random_chunks(tmp_path_factory
     assert ((got >= start) & (got < start + length)).all() and len(set(got)) == len(got)
     again = ids(random_rows(arr, start, start + length, n, torch.Generator().manual_seed(0)))
     assert (got == again).all()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("bad_chunk", [0, 5])  # read first by the consumer's first block, or later
+def test_a_bad_chunk_stops_the_reader_instead_of_hanging_it(tmp_path, bad_chunk):
+    from monosemantic.activations import StoreError
+    from monosemantic.activations.store import VerifiedArray
+
+    arr = zarr.create_array(tmp_path / "a.zarr", shape=(800, 2), chunks=(100, 2), dtype="float16",
+                            compressors=[zarr.codecs.Crc32cCodec()])
+    arr[:] = np.ones((800, 2), np.float16)
+    chunk = tmp_path / f"a.zarr/c/{bad_chunk}/0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    reader = ShuffledReader(VerifiedArray(arr, tmp_path / "a.zarr", ""), 0, 800, 50, seed=0, window_chunks=2)
+    with pytest.raises(StoreError, match="checksum"):
+        for _ in itertools.islice(iter(reader), 100):  # more than an epoch
+            pass

@@ -138,3 +138,25 @@ def test_saelens_format_round_trip(tmp_path):
     sae_lens = pytest.importorskip("sae_lens")
     theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "d"))
     torch.testing.assert_close(theirs(x), sae(x).x_hat.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    from monosemantic.sae.trainer import TrainingDiverged
+
+    world = SparseWorld(seed=4)
+
+    def batches(position):
+        step = position // 64
+        while True:
+            x = world.sample(64, torch.Generator().manual_seed(step))
+            if step == 25:
+                x[0, 0] = float("inf")  # what the store's checks would stop; here it reaches the loss
+            yield x
+            step += 1
+
+    c = cfg(steps=40, batch_size=64, checkpoint_every=10, l1_coefficient=0.01)
+    ckpt = tmp_path / "ck.pt"
+    with pytest.raises(TrainingDiverged, match=r"at step 26 .*checkpoint .* is kept"):
+        train_sae(SparseAutoencoder(D_IN, 32), batches, lambda n, g: world.sample(n, g), c, ckpt, "fp")
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["state"].step == 20 and all(torch.isfinite(v).all() for v in saved["sae"].values())

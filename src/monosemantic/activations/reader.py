@@ -16,11 +16,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import zarr
+from monosemantic.activations.store import VerifiedArray
 
 
 class ShuffledReader:
-    def __init__(self, acts: zarr.Array, start_row: int, stop_row: int, batch_size: int, seed: int,
+    def __init__(self, acts: VerifiedArray, start_row: int, stop_row: int, batch_size: int, seed: int,
                  window_chunks: int = 64, position: int = 0):
         self.acts, self.batch_size, self.seed = acts, batch_size, seed
         step = acts.chunks[0]
@@ -59,16 +59,22 @@ class ShuffledReader:
         blocks: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
 
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    blocks.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def prefetch():
-            for block in self._stream():
-                while not stop.is_set():
-                    try:
-                        blocks.put(block, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
+            try:
+                for block in self._stream():
+                    if not put(block):
+                        return
+            except BaseException as e:  # a bad chunk: handed to the consumer, never swallowed
+                put(e)
 
         thread = threading.Thread(target=prefetch, daemon=True)
         thread.start()
@@ -77,6 +83,8 @@ class ShuffledReader:
             while True:
                 while have < self.batch_size:
                     block = blocks.get()
+                    if isinstance(block, BaseException):
+                        raise block
                     pending.append(block)
                     have += len(block)
                 rows = np.concatenate(pending) if len(pending) > 1 else pending[0]
@@ -88,7 +96,7 @@ class ShuffledReader:
             stop.set()
 
 
-def random_rows(acts: zarr.Array, start_row: int, stop_row: int, n: int, generator: torch.Generator) -> torch.Tensor:
+def random_rows(acts: VerifiedArray, start_row: int, stop_row: int, n: int, generator: torch.Generator) -> torch.Tensor:
     """min(n, rows in range) rows of ``acts[start_row:stop_row]``, from whole chunks drawn at random.
 
     Reading a few random chunks costs what it reads; n random rows would touch (and

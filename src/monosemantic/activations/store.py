@@ -124,7 +124,9 @@ def _resume_point(partial: Path, fingerprint: str) -> int | None:
     if not (partial / "zarr.json").exists():
         return None
     attrs = dict(zarr.open_group(partial, mode="r").attrs)
-    return attrs.get("shards_done") if attrs.get("fingerprint") == fingerprint else None
+    if attrs.get("fingerprint") != fingerprint or len(attrs.get("norm_sums", ())) != attrs.get("shards_done"):
+        return None
+    return attrs["shards_done"]
 
 
 def cache_activations(
@@ -163,18 +165,20 @@ def cache_activations(
 
     def writer():
         while (item := pending.get()) is not None:
-            k, arrays = item
+            k, arrays, norm_sum = item
             try:
                 for name, data in arrays.items():
                     write_shard(partial, name, k, data, layout)
-                group.attrs["shards_done"] = k + 1  # only after the whole shard is on disk
+                # Only after the whole shard is on disk; its norm sum travels with it, so that a
+                # resumed run's mean norm is the uninterrupted run's to the last digit.
+                group.attrs.update({"shards_done": k + 1, "norm_sums": [*group.attrs.get("norm_sums", []), norm_sum]})
             except BaseException as e:  # surfaced in the main thread
                 failure.append(e)
                 return
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
-    norm_sum, t0 = 0.0, time.perf_counter()
+    t0 = time.perf_counter()
     stop = n_shards if stop_after_shards is None else min(n_shards, start + stop_after_shards)
     bar = tqdm(total=n_tokens, initial=start * layout.shard_tokens, unit="tok", unit_scale=True, desc="cache")
     try:
@@ -182,10 +186,15 @@ def cache_activations(
             shard_rows = rows[k * layout.shard_seqs : (k + 1) * layout.shard_seqs]
             tokens = _take(token_rows, shard_rows)
             acts = np.empty((len(shard_rows), layout.ctx, d), dtype=np.float16)
+            norm_sum = 0.0
             for i in range(0, len(shard_rows), batch_seqs):
                 out_b = acts_fn(torch.from_numpy(tokens[i : i + batch_seqs]).long())
-                torch.from_numpy(acts[i : i + batch_seqs]).copy_(out_b)  # cast to fp16 in place
-                norm_sum += out_b.float().norm(dim=-1).sum().item()
+                stored = torch.from_numpy(acts[i : i + batch_seqs])
+                stored.copy_(out_b)  # cast to fp16 in place
+                norms = stored.float().norm(dim=-1)  # of the stored values: a resumed run sums the same
+                if not torch.isfinite(norms).all():
+                    _refuse(out_b, attrs.get("hook"), k)
+                norm_sum += norms.sum(dtype=torch.float64).item()
             flat = acts.reshape(-1, d)
             arrays = {
                 "acts": flat,
@@ -193,7 +202,7 @@ def cache_activations(
                 "seq": np.repeat(shard_rows.astype(np.int32), layout.ctx),
                 "pos": np.tile(np.arange(layout.ctx, dtype=np.int32), len(shard_rows)),
             }
-            pending.put((k, arrays))
+            pending.put((k, arrays, norm_sum))
             if failure:
                 raise failure[0]
             bar.update(len(flat))
@@ -207,7 +216,8 @@ def cache_activations(
     if stop < n_shards:
         return {"complete": False, "shards_done": stop}
 
-    del group.attrs["shards_done"], group.attrs["fingerprint"]
+    norm_sums = group.attrs["norm_sums"]
+    del group.attrs["shards_done"], group.attrs["fingerprint"], group.attrs["norm_sums"]
     raw = n_tokens * d * 2
     on_disk = sum(f.stat().st_size for f in (partial / "acts").rglob("*") if f.is_file())
     stats = {
@@ -221,12 +231,20 @@ def cache_activations(
         "seconds": elapsed,
         "tokens_per_second": (stop - start) * layout.shard_tokens / elapsed if stop > start else None,
     }
-    if start == 0:
-        stats["mean_norm"] = norm_sum / n_tokens
-    else:  # part of the norms were summed by the interrupted run: read them back once
-        stats["mean_norm"] = mean_norm(group["acts"])
+    stats["mean_norm"] = sum(norm_sums) / n_tokens
     replace_path(partial, out)
     return stats
+
+
+def _refuse(out: torch.Tensor, hook: str | None, shard: int) -> None:
+    """Stop before a non-finite activation, or one float16 cannot hold, reaches the store."""
+    finite = torch.isfinite(out)
+    if not finite.all():
+        raise UserError(f"the model's activations at hook {hook!r} hold {int((~finite).sum())} non-finite values "
+                        f"(shard {shard}); check the model (models/transformer) and model.hf.dtype, then re-run")
+    raise UserError(f"an activation at hook {hook!r} is {float(out.abs().max()):.4g}, beyond float16's range "
+                    f"(65504) (shard {shard}); nothing was stored for it. Scale the activations, or cache "
+                    "another hook; the float16 store cannot hold them")
 
 
 def _take(token_rows: zarr.Array | np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -235,20 +253,52 @@ def _take(token_rows: zarr.Array | np.ndarray, idx: np.ndarray) -> np.ndarray:
     return token_rows.get_orthogonal_selection((idx, slice(None))).astype(np.int32, copy=False)
 
 
-def mean_norm(acts: zarr.Array, rows_per_read: int = 65536) -> float:
-    total = 0.0
-    for i in range(0, acts.shape[0], rows_per_read):
-        total += float(np.linalg.norm(acts[i : i + rows_per_read].astype(np.float32), axis=1).sum())
-    return total / acts.shape[0]
+class StoreError(UserError):
+    """The activation store on disk is not what cache_activations wrote."""
+
+
+def _fix(path: Path) -> str:
+    return (f"restore it with `dvc checkout {path}`, or rebuild it with `dvc repro -f cache_activations`")
+
+
+class VerifiedArray:
+    """A store array whose every read is checked: a chunk failing its crc32c, or a non-finite
+    activation, stops the reader with the shard file and the fix instead of training on it."""
+
+    def __init__(self, array: zarr.Array, path: Path, name: str):
+        self.array, self.path, self.name = array, path, name
+        self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
+        self.shard_rows = (array.shards or array.chunks)[0]
+
+    def shard_file(self, row: int) -> Path:
+        return self.path.joinpath(self.name, "c", str(row // self.shard_rows), *(["0"] * (len(self.shape) - 1)))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        try:
+            data = self.array[rows]
+        except (ValueError, RuntimeError) as e:  # crc32c mismatch, or a codec that cannot decode
+            reason = "fails its checksum" if "checksum" in str(e) else f"cannot be decoded ({e})"
+            raise StoreError(f"{self.path}: a chunk in rows {rows.start}:{rows.stop} {reason} (shard file "
+                             f"{self.shard_file(rows.start or 0)}, or the next one if the rows span two); "
+                             f"{_fix(self.path)}") from None
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            bad = int(np.argwhere(~np.isfinite(data))[0][0]) + (rows.start or 0)
+            raise StoreError(f"{self.path}: non-finite activation at row {bad} (shard file "
+                             f"{self.shard_file(bad)}); {_fix(self.path)}")
+        return data
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
 
 
 @dataclass(frozen=True)
 class ActivationStore:
     group: zarr.Group
+    path: Path
 
     @property
-    def acts(self) -> zarr.Array:
-        return self.group["acts"]
+    def acts(self) -> VerifiedArray:
+        return VerifiedArray(self.group["acts"], self.path, "acts")
 
     @property
     def splits(self) -> dict[str, tuple[int, int]]:
@@ -256,7 +306,18 @@ class ActivationStore:
 
 
 def open_store(path: str | Path) -> ActivationStore:
+    """Open a finished store, checking that no shard file is missing (zarr would read zeros)."""
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise UserError(f"{path} is not an activation store: run the cache_activations stage first")
-    return ActivationStore(zarr.open_group(path, mode="r"))
+    group = zarr.open_group(path, mode="r")
+    if "shards_done" in group.attrs:
+        raise StoreError(f"{path} is an unfinished store (a killed cache_activations run?); {_fix(path)}")
+    for name in ("acts", "tokens", "seq", "pos"):
+        if name not in group:
+            raise StoreError(f"{path} has no {name!r} array; {_fix(path)}")
+        array = VerifiedArray(group[name], path, name)
+        for row in range(0, array.shape[0], array.shard_rows):
+            if not array.shard_file(row).is_file():
+                raise StoreError(f"{path}: shard file {array.shard_file(row)} is missing; {_fix(path)}")
+    return ActivationStore(group, path)

@@ -46,5 +46,10 @@ def load_sae(sae_dir: str | Path) -> SparseAutoencoder:
         raise UserError(f"{sae_dir}: only standard SAEs without activation normalisation are supported")
     sae = SparseAutoencoder(cfg["d_in"], cfg["d_sae"])
     weights = load_file(sae_dir / WEIGHTS)
+    bad = [k for k, v in weights.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{sae_dir / WEIGHTS}: non-finite values in {', '.join(bad)}; "
+                        f"retrain it (`dvc repro -f {sae_dir.as_posix().replace('models/sae/', 'train_sae@')}`) "
+                        "or restore it with `dvc checkout`")
     sae.load_state_dict({k: weights[k].to(torch.float32) for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
     return sae.eval()

@@ -16,8 +16,13 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from monosemantic.errors import UserError
 from monosemantic.sae.model import SparseAutoencoder, geometric_median
 from monosemantic.sae.resample import per_input_loss, resample
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss: the step that produced it is never checkpointed."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,11 @@ def train_sae(
     gen = torch.Generator().manual_seed(cfg.seed)
     state = State(steps_since_fired=torch.zeros(sae.d_sae, dtype=torch.long))
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        try:
+            saved = torch.load(checkpoint, weights_only=False)
+        except Exception as e:  # a torn or foreign file: start over rather than fail every re-run
+            print(f"ignoring unreadable checkpoint {checkpoint} ({type(e).__name__}); training from step 0")
+            saved = {"fingerprint": None}
         if saved["fingerprint"] == fingerprint:
             sae.load_state_dict(saved["sae"])
             opt.load_state_dict(saved["optimizer"])
@@ -116,6 +125,11 @@ def train_sae(
         for group in opt.param_groups:
             group["lr"] = lr
         out = train_step(sae, opt, next(data), l1, cfg.autocast_bf16)
+        if not torch.isfinite(out.loss):
+            kept = f"the checkpoint {checkpoint} is kept" if checkpoint is not None and checkpoint.exists() else "no checkpoint was written"
+            raise TrainingDiverged(f"the SAE loss became {out.loss.item()} at step {state.step + 1} (d_sae={sae.d_sae}); "
+                                   f"{kept} and no dictionary is written. Lower sae.train.lr or check the activations, "
+                                   "then re-run")
         fired = out.f.detach().amax(0) > 0  # f >= 0; faster than (f > 0).any(0)
         state.steps_since_fired = torch.where(fired, 0, state.steps_since_fired + 1)
         state.step += 1
