@@ -8,9 +8,13 @@ exit status 2, and no output is replaced (outputs are written atomically).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,6 +42,13 @@ class Stage:
         self.inputs[name] = {"path": path.as_posix(), "md5": digest}
         self.run.log_input(name, path, digest)
         return digest
+
+    def dict_size(self, arg: str, key: str = "sae.dict_sizes") -> int:
+        """The stage's <size> argument, checked once params.yaml is (a bad list there is the likelier fault)."""
+        sizes = _section(self.params, key)
+        if not arg.isdigit() or int(arg) not in sizes:
+            raise UserError(f"dictionary size {arg} is not in {key} {sizes}: run one of those sizes, or add it")
+        return int(arg)
 
     def fingerprint(self, *extra: Any) -> str:
         """Identifies the work (inputs + params): a checkpoint is resumed only if it matches."""
@@ -72,14 +83,65 @@ class _NoParams:
         return {}
 
 
+def size_argument(stage: str) -> str:
+    """The <size> of a per-dictionary stage, checked only after params.yaml (see Stage.dict_size)."""
+    if len(sys.argv) != 2:
+        sys.exit(f"usage: python -m stages.{stage} <dictionary size>")
+    return sys.argv[1]
+
+
+LOCKS = Path(".cache/locks")
+
+
+@contextlib.contextmanager
+def _exclusive(name: str) -> Iterator[None]:
+    """One process per stage: a second one (a killed `dvc repro` leaves its stage running, and
+    the next starts another beside it) stops instead of sharing checkpoints and outputs."""
+    LOCKS.mkdir(parents=True, exist_ok=True)
+    with open(LOCKS / f"{name}.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise UserError(f"stage {name} is already running ({f.read().strip() or 'another process'}); "
+                            "wait for it to finish, or stop that process, then re-run") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield
+
+
+def _running(name: str) -> bool:
+    """Whether a process of this workspace holds stage `name`'s lock now."""
+    path = LOCKS / f"{name}.lock"
+    if not path.exists():
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # SIGTERM ends the stage like Ctrl-C: run KILLED, outputs kept
+
+
 @contextlib.contextmanager
 def run_stage(name: str, section: str | None, also: tuple[str, ...] = ()) -> Iterator[Stage]:
     """`section`: the stage's own params section; `also`: other sections it reads (logged and recorded)."""
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = load_params()
         sections = {k: _section(params, k).model_dump(mode="json") for k in (section, *also) if k}
-        with tracking.start_run(name, sections, provenance.code_version()) as run:
+        with _exclusive(name), tracking.start_run(name, sections, provenance.code_version(), _running) as run:
             yield Stage(name, params, section, run, sections)
     except UserError as e:
         print(f"error in stage {name}: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"stage {name} interrupted; outputs are unchanged and a re-run resumes from its last checkpoint",
+              file=sys.stderr)
+        sys.exit(130)

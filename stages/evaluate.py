@@ -1,6 +1,5 @@
 """evaluate@<size>: the paper's metrics for one dictionary, on held-out contexts."""
 
-import sys
 
 import numpy as np
 import torch
@@ -11,13 +10,12 @@ from monosemantic.errors import UserError
 from monosemantic.evaluation import evaluate_sae
 from monosemantic.model import load_model
 from monosemantic.sae.export import load_sae
-from stages._stage import run_stage
+from stages._stage import run_stage, size_argument
 
 
-def main(size: int) -> None:
-    with run_stage(f"evaluate@{size}", "evaluate") as s:
-        if size not in s.params.sae.dict_sizes:
-            raise UserError(f"dictionary size {size} is not in sae.dict_sizes {s.params.sae.dict_sizes}")
+def main(arg: str) -> None:
+    with run_stage(f"evaluate@{arg}", "evaluate") as s:
+        size = s.dict_size(arg, "sae.dict_sizes")
         p = s.section
         for name, path in (("activations", "data/activations.zarr"), ("model", "models/transformer"),
                            ("sae", f"models/sae/{size}")):
@@ -41,6 +39,4 @@ def main(size: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m stages.evaluate <dictionary size>")
-    main(int(sys.argv[1]))
+    main(size_argument("evaluate"))

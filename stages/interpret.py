@@ -1,6 +1,5 @@
 """interpret@<size>: explain a sample of one dictionary's features and every MLP neuron, and score them."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,17 +8,16 @@ from monosemantic.activations import open_store
 from monosemantic.errors import UserError
 from monosemantic.interpret import Baseline, ChatClient, LLMBackend, api_key, detector, interpret_dictionary
 from monosemantic.model import load_model
-from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
+from monosemantic.provenance import atomic_output, write_record
 from monosemantic.sae.export import load_sae
 from monosemantic.tokenizer import load_tokenizer, token_strings
-from stages._stage import run_stage
+from stages._stage import run_stage, size_argument
 
 
-def main(size: int) -> None:
-    with run_stage(f"interpret@{size}", "interpret") as s:
+def main(arg: str) -> None:
+    with run_stage(f"interpret@{arg}", "interpret") as s:
         p = s.section
-        if size not in s.params.sae.dict_sizes:
-            raise UserError(f"dictionary size {size} is not in sae.dict_sizes {s.params.sae.dict_sizes}")
+        size = s.dict_size(arg, "sae.dict_sizes")
         key = api_key(p.openai) if p.backend == "openai" else None  # fail before any work
         proxies = {proxy.name: detector(proxy) for proxy in p.proxies}
         for name, path in (("activations", "data/activations.zarr"), ("tokenizer", "data/tokenizer.json"),
@@ -45,7 +43,7 @@ def main(size: int) -> None:
             result.features.write_parquet(tmp / "features.parquet")
             result.examples.write_parquet(tmp / "examples.parquet")
             result.proxies.write_parquet(tmp / "proxies.parquet")
-            write_json(tmp / PROVENANCE_FILE, s.record(dict_size=size, n_tokens=n))
+            write_record(tmp, s.record(dict_size=size, n_tokens=n))
         s.metrics(f"metrics/sae/{size}/interp.json", {"dict_size": size, **result.metrics})
         s.run.log_artifact(out / "features.parquet")
         f, n_ = result.metrics["features"], result.metrics["neurons"]
@@ -54,6 +52,4 @@ def main(size: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m stages.interpret <dictionary size>")
-    main(int(sys.argv[1]))
+    main(size_argument("interpret"))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import polars as pl
 
-from monosemantic.provenance import PROVENANCE_FILE, read_json
+from monosemantic.errors import UserError
+from monosemantic.provenance import PROVENANCE_FILE, hash_path, read_json, read_record
 from monosemantic.report.lineage import lineage
 from monosemantic.report.site import PAGES, Dictionary, build_site
 from monosemantic.report.summary import summary_markdown
@@ -42,11 +43,21 @@ def read_dictionaries(sizes: list[int], root: Path = Path(".")) -> list[Dictiona
     return out
 
 
+def _require_current(output: Path, source: str, stage: str) -> None:
+    """Refuse to show `output` if it was made from another `source` than today's (a failed re-run
+    of `stage` leaves the previous outputs in place)."""
+    used = {e.get("path"): e.get("md5") for e in ((read_record(output) or {}).get("inputs") or {}).values()}
+    if source in used and Path(source).exists() and used[source] != hash_path(source):
+        raise UserError(f"{output} was made from an earlier {source} (md5 {used[source]}, now {hash_path(source)}): "
+                        f"re-run `dvc repro {stage}` before the report")
+
+
 def main() -> None:
     with run_stage("report", None) as s:
         dictionaries = read_dictionaries(sorted(s.params.sae.dict_sizes))
         for d in dictionaries:
             if d.features is not None:
+                _require_current(d.features, f"models/sae/{d.size}", f"interpret@{d.size}")
                 s.input(f"features_{d.size}", d.features)
         if NEAREST.exists():
             s.input("splitting", NEAREST.parent)

@@ -1,6 +1,5 @@
 """train_sae@<size>: train one dictionary on the cached training activations."""
 
-import sys
 from pathlib import Path
 
 import torch
@@ -8,21 +7,22 @@ import torch
 from monosemantic.activations import open_store
 from monosemantic.activations.reader import ShuffledReader, random_rows
 from monosemantic.errors import UserError
-from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
+from monosemantic.resources import check_memory
+from monosemantic.provenance import atomic_output, write_record
 from monosemantic.sae.export import save_sae
 from monosemantic.sae.model import SparseAutoencoder
 from monosemantic.sae.trainer import TrainConfig, train_sae
-from stages._stage import run_stage
+from stages._stage import run_stage, size_argument
 
 
-def main(size: int) -> None:
-    with run_stage(f"train_sae@{size}", "sae.train") as s:
-        if size not in s.params.sae.dict_sizes:
-            raise UserError(f"dictionary size {size} is not in sae.dict_sizes {s.params.sae.dict_sizes}")
+def main(arg: str) -> None:
+    with run_stage(f"train_sae@{arg}", "sae.train") as s:
+        size = s.dict_size(arg, "sae.dict_sizes")
         p = s.section
         s.input("activations", "data/activations.zarr")
         store = open_store("data/activations.zarr")
         acts, (start, stop) = store.acts, store.splits["train"]
+        check_memory(s.params, acts.shape[1])  # the real width, for a Hugging Face model too
         if stop - start < p.batch_size:
             raise UserError(f"{stop - start} training activations cannot fill one batch of sae.train.batch_size={p.batch_size}")
 
@@ -50,7 +50,7 @@ def main(size: int) -> None:
                 "dataset_path": "data/activations.zarr", "context_size": store.group.attrs["ctx"]}
         with atomic_output(out) as tmp:
             save_sae(sae, tmp, meta)
-            write_json(tmp / PROVENANCE_FILE, s.record(dict_size=size, resampling=state.resampled))
+            write_record(tmp, s.record(dict_size=size, resampling=state.resampled))
         s.plot(f"plots/sae/{size}/train.csv", state.history)
         s.metrics(f"metrics/sae/{size}/train.json", metrics)
         s.run.log_artifact(out)
@@ -58,6 +58,4 @@ def main(size: int) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m stages.train_sae <dictionary size>")
-    main(int(sys.argv[1]))
+    main(size_argument("train_sae"))

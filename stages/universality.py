@@ -9,14 +9,12 @@ only through the models). Everything heavy is resumable under checkpoints/univer
 """
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 
-from monosemantic.activations import ActivationStore, Layout, cache_activations, open_store
+from monosemantic.activations import ActivationStore, Layout, VerifiedArray, cache_activations, open_store
 from monosemantic.activations.reader import ShuffledReader, random_rows
 from monosemantic.errors import UserError
 from monosemantic.evaluation.universality import histogram, match_table, universality
@@ -24,19 +22,18 @@ from monosemantic.model import Transformer, load_model, save_model
 from monosemantic.model.hooks import capture
 from monosemantic.model.train import evaluate_loss, train_model
 from monosemantic.params import ModelParams
-from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
+from monosemantic.provenance import atomic_output, write_record
 from monosemantic.sae.export import load_sae, save_sae
 from monosemantic.sae.model import SparseAutoencoder
 from monosemantic.sae.trainer import State, TrainConfig, train_sae
 from monosemantic.tokens import TokenStore, read_tokens
-from stages._stage import Stage, run_stage
+from stages._stage import Stage, run_stage, size_argument
 
 
-def main(size: int) -> None:
-    with run_stage(f"universality@{size}", "universality", also=("model", "activations", "sae.train")) as s:
+def main(arg: str) -> None:
+    with run_stage(f"universality@{arg}", "universality", also=("model", "activations", "sae.train")) as s:
         u = s.section
-        if size not in u.dict_sizes:
-            raise UserError(f"dictionary size {size} is not in universality.dict_sizes {u.dict_sizes}")
+        size = s.dict_size(arg, "universality.dict_sizes")
         for name, path in (("tokens", "data/tokens.zarr"), ("activations", "data/activations.zarr"),
                            ("model", "models/transformer"), ("sae", f"models/sae/{size}")):
             s.input(name, path)
@@ -78,7 +75,7 @@ def main(size: int) -> None:
             save_sae(sae_b, tmp / "sae", {"hook_name": hook, "model_name": f"{out}/model",
                                           "dataset_path": "data/tokens.zarr", "context_size": tokens.ctx})
             match_table(matches).write_parquet(tmp / "matches.parquet")
-            write_json(tmp / PROVENANCE_FILE, s.record(dict_size=size, resampling=state.resampled))
+            write_record(tmp, s.record(dict_size=size, resampling=state.resampled))
         rows = histogram(matches)
         for kind in matches:  # one file per kind: dvc.yaml plots the directory, a line per file
             s.plot(f"plots/universality/{size}/{kind}.csv", [{"correlation": r["correlation"], "units": r[kind]} for r in rows])
@@ -111,7 +108,7 @@ def _train_model_b(s: Stage, model_a: Transformer, tokens: TokenStore, work: Pat
 
 
 def _cache_activations_b(s: Stage, model_b: Transformer, tokens: TokenStore, acts_a: ActivationStore, work: Path,
-                         model_fingerprint: str) -> tuple[zarr.Array, str]:
+                         model_fingerprint: str) -> tuple[VerifiedArray, str]:
     """Model B's activations on exactly the contexts SAE A was trained on, in the same order."""
     p, hook, ctx = s.params.activations, s.params.model.hook, tokens.ctx
     start, stop = acts_a.splits["train"]
@@ -128,7 +125,7 @@ def _cache_activations_b(s: Stage, model_b: Transformer, tokens: TokenStore, act
     return open_store(out).acts, fingerprint
 
 
-def _train_sae_b(s: Stage, acts: zarr.Array, size: int, work: Path, acts_fingerprint: str,
+def _train_sae_b(s: Stage, acts: VerifiedArray, size: int, work: Path, acts_fingerprint: str,
                  ) -> tuple[SparseAutoencoder, State]:
     """SAE B: the same size and sae.train as SAE A, on model B's activations."""
     p, n = s.params.sae.train, acts.shape[0]
@@ -145,6 +142,4 @@ def _train_sae_b(s: Stage, acts: zarr.Array, size: int, work: Path, acts_fingerp
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m stages.universality <dictionary size>")
-    main(int(sys.argv[1]))
+    main(size_argument("universality"))

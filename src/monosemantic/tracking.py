@@ -10,10 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
+import sqlite3
+import sys
+import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 EXPERIMENT = "monosemantic"
+TAG_STAGE, TAG_HOST, TAG_WORKSPACE = "monosemantic.stage", "monosemantic.host", "monosemantic.workspace"
 
 
 def tracking_uri() -> str:
@@ -59,19 +64,90 @@ class Run:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _complete(db: Path) -> bool:
+    """Whether MLflow finished creating `db` (alembic stamps its version last)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            return con.execute("SELECT count(*) FROM alembic_version").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
+def ensure_store(uri: str) -> None:
+    """Create a SQLite tracking store atomically, and set aside one a kill left half-created.
+
+    MLflow creates its schema table by table; a process killed meanwhile leaves a file every
+    later run fails on ("table ... already exists"). Building it under a temporary name and
+    linking it into place means the file at `uri` is either absent or complete.
+    """
+    db = _sqlite_path(uri)
+    if db is None:
+        return
+    if db.exists() and not _complete(db):
+        aside = db.with_name(f"{db.name}.broken-{int(time.time())}")
+        os.replace(db, aside)
+        print(f"tracking: {db} was left half-created (a killed first run?); moved it to {aside} "
+              "and created a new one", file=sys.stderr)
+    if db.exists():
+        return
+    import mlflow
+
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    mlflow.MlflowClient(f"sqlite:///{tmp}").search_experiments()  # runs MLflow's migrations
+    try:
+        os.link(tmp, db)  # never replaces a store another process finished first
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
+def _end_orphaned(mlflow_module, experiment_id: str, alive: Callable[[str], bool]) -> None:
+    """Runs of this workspace left RUNNING by a killed stage (no signal handler sees SIGKILL)."""
+    host, workspace = socket.gethostname(), str(Path.cwd())
+    client = mlflow_module.MlflowClient()
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get(TAG_HOST) == host and tags.get(TAG_WORKSPACE) == workspace and not alive(tags.get(TAG_STAGE, "")):
+            client.set_terminated(run.info.run_id, "KILLED")
+            print(f"tracking: marked MLflow run {run.info.run_id} ({tags.get(TAG_STAGE)}) KILLED: "
+                  "its process is gone", file=sys.stderr)
+
+
 @contextlib.contextmanager
-def start_run(stage: str, params: Mapping[str, Any], code: Mapping[str, Any]) -> Iterator[Run]:
-    """An MLflow run for one stage execution; it ends FAILED if the stage raises."""
+def start_run(stage: str, params: Mapping[str, Any], code: Mapping[str, Any],
+              alive: Callable[[str], bool] = lambda stage: True) -> Iterator[Run]:
+    """An MLflow run for one stage execution: FINISHED, FAILED if the stage raises, KILLED if
+    interrupted. `alive(stage)` says whether a stage is running now, so that runs left RUNNING by
+    a killed process of this workspace are closed as KILLED."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
+    uri = tracking_uri()
+    ensure_store(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT))
+    _end_orphaned(mlflow, experiment.experiment_id, alive)
     tags = {
-        "monosemantic.stage": stage,
+        TAG_STAGE: stage,
+        TAG_HOST: socket.gethostname(),
+        TAG_WORKSPACE: str(Path.cwd()),
         "git_commit": code.get("git_commit") or "unknown",
         "git_dirty": str(code.get("git_dirty")),
     }
-    with mlflow.start_run(run_name=stage, tags=tags) as run:
+    run = mlflow.start_run(run_name=stage, tags=tags)
+    try:
         mlflow.log_params(flatten(params))
         yield Run(mlflow, run)
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
