@@ -1,8 +1,9 @@
 """What every stage does around its own work, so stage modules stay a screen long.
 
-Validate the whole params.yaml before anything else, open one MLflow run, hash and log the
-inputs, and build the provenance record; a UserError ends the stage with its message and
-exit status 2, and no output is replaced (outputs are written atomically).
+Validate the whole params.yaml before anything else, take the device `compute` asks for (and,
+under torchrun, join the process group: rank 0 alone locks, logs and writes), open one MLflow
+run, hash and log the inputs, and build the provenance record; a UserError ends the stage with
+its message and exit status 2, and no output is replaced (outputs are written atomically).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from typing import Any, Iterator
 import polars as pl
 
 from monosemantic import provenance, tracking
+from monosemantic.compute import Compute
+from monosemantic.compute import setup as setup_compute
 from monosemantic.errors import UserError
 from monosemantic.params import Params, load_params
 
 
 class Stage:
     def __init__(self, name: str, params: Params, section: str | None, run: tracking.Run,
-                 sections: dict[str, dict[str, Any]]):
-        self.name, self.params, self.run = name, params, run
+                 sections: dict[str, dict[str, Any]], compute: Compute = Compute()):
+        self.name, self.params, self.run, self.compute = name, params, run, compute
         self.section = _section(params, section)
         self.sections = sections  # every params section the stage uses, as dvc.yaml lists them
         self.inputs: dict[str, dict[str, str]] = {}
@@ -56,7 +59,8 @@ class Stage:
         return hashlib.md5(blob.encode()).hexdigest()
 
     def record(self, **extra: Any) -> dict[str, Any]:
-        return provenance.make_record(self.name, self.sections, self.inputs, self.run.run_id, extra)
+        return provenance.make_record(self.name, self.sections, self.inputs, self.run.run_id,
+                                      {"compute": self.compute.describe(), **extra})
 
     def metrics(self, path: str | Path, values: dict[str, Any]) -> None:
         provenance.write_json(path, values)
@@ -136,8 +140,14 @@ def run_stage(name: str, section: str | None, also: tuple[str, ...] = ()) -> Ite
     try:
         params = load_params()
         sections = {k: _section(params, k).model_dump(mode="json") for k in (section, *also) if k}
-        with _exclusive(name), tracking.start_run(name, sections, provenance.code_version(), _running) as run:
-            yield Stage(name, params, section, run, sections)
+        c = params.compute
+        with setup_compute(c.device, c.precision, c.threads, c.timeout_s) as compute:
+            if not compute.is_main:  # rank 0 holds the lock and the MLflow run, and writes
+                yield Stage(name, params, section, tracking.SilentRun(), sections, compute)
+                return
+            with _exclusive(name), tracking.start_run(name, sections, provenance.code_version(), _running,
+                                                      compute.describe()) as run:
+                yield Stage(name, params, section, run, sections, compute)
     except UserError as e:
         print(f"error in stage {name}: {e}", file=sys.stderr)
         sys.exit(2)

@@ -31,7 +31,7 @@ def main() -> None:
         s.input("tokens", "data/tokens.zarr")
         s.input("model", "models/transformer")
         store = read_tokens("data/tokens.zarr")
-        model = load_model("models/transformer")
+        model, compute = load_model("models/transformer").to(s.compute.device), s.compute
         n_train = min(store.n_train, p.max_train_tokens // store.ctx)
         n_eval = min(store.n_eval, p.max_eval_tokens // store.ctx)
         if n_train == 0 or n_eval == 0:
@@ -40,7 +40,11 @@ def main() -> None:
                 f"context of {store.ctx} tokens"
             )
         rows = np.concatenate([np.arange(n_train), store.n_train + np.arange(n_eval)])
-        d = capture(model, hook, torch.from_numpy(store.tokens[:1]).long()).shape[-1]
+        def acts(tokens: torch.Tensor) -> torch.Tensor:
+            with compute.autocast():
+                return capture(model, hook, compute.to_device(tokens)).cpu()
+
+        d = acts(torch.from_numpy(store.tokens[:1]).long()).shape[-1]
         check_memory(s.params, d)  # the real width, for a Hugging Face model too
         train_tokens = n_train * store.ctx
         attrs = {
@@ -51,10 +55,10 @@ def main() -> None:
             "provenance": s.record(hook=hook),
         }
         layout = Layout(store.ctx, p.chunk_seqs, p.shard_chunks, p.compressor, p.clevel)
-        stats = cache_activations(
-            lambda t: capture(model, hook, t), store.tokens, rows, OUT, d, layout, p.batch_seqs,
-            attrs, s.fingerprint(hook),
-        )
+        stats = cache_activations(acts, store.tokens, rows, OUT, d, layout, p.batch_seqs, attrs,
+                                  s.fingerprint(hook, compute.precision), compute=compute)
+        if not compute.is_main:
+            return
         stats.pop("complete")
         s.metrics("metrics/activations.json", stats)
 

@@ -32,8 +32,9 @@ def main(arg: str) -> None:
         # The cache holds eval contexts whole and in order, so its token ids rebuild them.
         contexts = np.asarray(store.group["tokens"][start : start + n_seq * ctx]).reshape(n_seq, ctx)
         mean = random_rows(store.acts, t0, t1, p.mean_ablation_samples, torch.Generator().manual_seed(p.seed)).mean(0)
-        metrics, histogram = evaluate_sae(model, hook, sae, contexts, mean, p.batch_seqs, p.ultralow_density,
-                                          p.dense_density, p.histogram_bins)
+        device = s.compute.device
+        metrics, histogram = evaluate_sae(model.to(device), hook, sae.to(device), contexts, mean, p.batch_seqs,
+                                          p.ultralow_density, p.dense_density, p.histogram_bins, s.compute)
         s.plot(f"plots/density/{size}.csv", histogram)
         s.metrics(f"metrics/sae/{size}/eval.json", {"dict_size": size, **metrics})
 

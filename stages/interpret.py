@@ -37,7 +37,7 @@ def main(arg: str) -> None:
         tokens = np.asarray(store.group["tokens"][t0 : t0 + n])
         backend = (Baseline(strings) if p.backend == "baseline"
                    else LLMBackend(ChatClient(p.openai, key), strings))
-        result = interpret_dictionary(store.acts, t0, tokens, ctx, sae, model, strings, proxies, backend, p)
+        result = interpret_dictionary(store.acts, t0, tokens, ctx, sae, model, strings, proxies, backend, p, s.compute)
         out = Path(f"reports/features/{size}")
         with atomic_output(out) as tmp:
             result.features.write_parquet(tmp / "features.parquet")

@@ -35,14 +35,16 @@ def main() -> None:
             train = {"tokens_seen": 0, "steps": 0}
         else:
             torch.manual_seed(p.seed)
-            model = Transformer(TransformerConfig(vocab, store.ctx, p.d_model, p.n_heads, p.d_mlp))
+            model = Transformer(TransformerConfig(vocab, store.ctx, p.d_model, p.n_heads, p.d_mlp)).to(s.compute.device)
             curve: list[dict] = []
 
             def log(step: int, m: dict) -> None:
                 s.run.log_metrics(m, step)
                 curve.append({"step": step, **m})
 
-            train = train_model(model, train_rows, p, CHECKPOINT, s.fingerprint(), log)
+            train = train_model(model, train_rows, p, CHECKPOINT, s.fingerprint(s.compute.precision), log, s.compute)
+            if not s.compute.is_main:
+                return
             s.plot("plots/transformer/train.csv", curve)
         eval_rows = store.split("eval")[: max(1, p.eval_tokens // store.ctx)]
         metrics = {

@@ -7,8 +7,8 @@ import torch
 from monosemantic.activations import open_store
 from monosemantic.activations.reader import ShuffledReader, random_rows
 from monosemantic.errors import UserError
-from monosemantic.resources import check_memory
 from monosemantic.provenance import atomic_output, write_record
+from monosemantic.resources import check_memory
 from monosemantic.sae.export import save_sae
 from monosemantic.sae.model import SparseAutoencoder
 from monosemantic.sae.trainer import TrainConfig, train_sae
@@ -27,17 +27,21 @@ def main(arg: str) -> None:
             raise UserError(f"{stop - start} training activations cannot fill one batch of sae.train.batch_size={p.batch_size}")
 
         def batches(position: int):
-            return iter(ShuffledReader(acts, start, stop, p.batch_size, p.seed, p.window_chunks, position))
+            return iter(ShuffledReader(acts, start, stop, p.batch_size, p.seed, p.window_chunks, position,
+                                       part=s.compute.part(p.batch_size)))
 
         def sample_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
             return random_rows(acts, start, stop, n, gen)
 
         cfg = TrainConfig.from_params(p)
         torch.manual_seed(p.seed)
-        sae = SparseAutoencoder(acts.shape[1], size)
+        sae = SparseAutoencoder(acts.shape[1], size).to(s.compute.device)
+        # Every rank walks the same global batches: a checkpoint resumes on any number of ranks.
         checkpoint = Path(f"checkpoints/train_sae/{size}/checkpoint.pt")
-        state = train_sae(sae, batches, sample_inputs, cfg, checkpoint, s.fingerprint(size),
-                          lambda step, m: s.run.log_metrics(m, step))
+        state = train_sae(sae, batches, sample_inputs, cfg, checkpoint, s.fingerprint(size, s.compute.precision),
+                          lambda step, m: s.run.log_metrics(m, step), s.compute)
+        if not s.compute.is_main:
+            return
         final = state.history[-1]
         metrics = {
             "loss": final["loss"], "mse": final["mse"], "l1": final["l1"], "l0": final["l0"],

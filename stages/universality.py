@@ -94,14 +94,15 @@ def _model_b_params(s: Stage) -> ModelParams:
 def _train_model_b(s: Stage, model_a: Transformer, tokens: TokenStore, work: Path) -> tuple[Transformer, str]:
     """Model A's architecture, trained like model A but from universality.seed; kept once trained."""
     p = _model_b_params(s)
-    done, fingerprint = work / "model", s.fingerprint("model_b", p.model_dump(mode="json"))
+    done, fingerprint = work / "model", s.fingerprint("model_b", p.model_dump(mode="json"), s.compute.precision)
     if (done / "fingerprint").exists() and (done / "fingerprint").read_text() == fingerprint:
         print(f"model B already trained: {done}")
         return load_model(done), fingerprint
     torch.manual_seed(p.seed)
-    model = Transformer(model_a.cfg)
+    model = Transformer(model_a.cfg).to(s.compute.device)
     train_model(model, tokens.split("train"), p, work / "model.pt", fingerprint,
-                lambda step, m: s.run.log_metrics({f"model_b.{k}": v for k, v in m.items()}, step))
+                lambda step, m: s.run.log_metrics({f"model_b.{k}": v for k, v in m.items()}, step), s.compute)
+    model.cpu()
     save_model(model, done)
     (done / "fingerprint").write_text(fingerprint)  # last: marks the saved model complete
     return model, fingerprint
@@ -119,9 +120,16 @@ def _cache_activations_b(s: Stage, model_b: Transformer, tokens: TokenStore, act
         print(f"model B's activations already cached: {out}")
     else:
         attrs = {"hook": hook, "ctx": ctx, "splits": {"train": [0, stop - start]}, "made_for": fingerprint}
-        cache_activations(lambda t: capture(model_b, hook, t), tokens.tokens, rows, out, acts_a.acts.shape[1],
+        compute, on_device = s.compute, model_b.to(s.compute.device)
+
+        def acts(t: torch.Tensor) -> torch.Tensor:
+            with compute.autocast():
+                return capture(on_device, hook, compute.to_device(t)).cpu()
+
+        cache_activations(acts, tokens.tokens, rows, out, acts_a.acts.shape[1],
                           Layout(ctx, p.chunk_seqs, p.shard_chunks, p.compressor, p.clevel), p.batch_seqs,
                           attrs, fingerprint)
+        model_b.cpu()
     return open_store(out).acts, fingerprint
 
 
@@ -131,14 +139,14 @@ def _train_sae_b(s: Stage, acts: VerifiedArray, size: int, work: Path, acts_fing
     p, n = s.params.sae.train, acts.shape[0]
     cfg = TrainConfig.from_params(p)
     torch.manual_seed(p.seed)
-    sae = SparseAutoencoder(acts.shape[1], size)
+    sae = SparseAutoencoder(acts.shape[1], size).to(s.compute.device)
     state = train_sae(
         sae, lambda position: iter(ShuffledReader(acts, 0, n, p.batch_size, p.seed, p.window_chunks, position)),
         lambda k, gen: random_rows(acts, 0, n, k, gen), cfg, work / "sae.pt",
         s.fingerprint("sae_b", acts_fingerprint, size, p.model_dump(mode="json")),
-        lambda step, m: s.run.log_metrics({f"sae_b.{k}": v for k, v in m.items()}, step),
+        lambda step, m: s.run.log_metrics({f"sae_b.{k}": v for k, v in m.items()}, step), s.compute,
     )
-    return sae, state
+    return sae.cpu(), state
 
 
 if __name__ == "__main__":

@@ -128,15 +128,17 @@ def test_no_dead_neurons_is_a_no_op():
 
 
 def test_bf16_autocast_step_trains_and_keeps_fp32_weights():
+    from monosemantic.compute import Compute
     from monosemantic.sae.trainer import train_step
 
     torch.manual_seed(0)
     sae = SparseAutoencoder(16, 64)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     x = torch.relu(torch.randn(256, 16))
-    first = train_step(sae, opt, x, 0.01, bf16=True).loss.item()
+    bf16 = Compute(precision="bf16")
+    first = train_step(sae, opt, x, 0.01, bf16).loss.item()
     for _ in range(50):
-        last = train_step(sae, opt, x, 0.01, bf16=True).loss.item()
+        last = train_step(sae, opt, x, 0.01, bf16).loss.item()
     assert last < first and sae.W_enc.dtype == torch.float32
     assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
 

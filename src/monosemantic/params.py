@@ -203,7 +203,6 @@ class SAETrainParams(_Section):
     window_chunks: int = Field(64, ge=1, description="activation chunks shuffled together by the reader")
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
-    autocast_bf16: bool = False
     seed: int = 0
 
     @model_validator(mode="after")
@@ -370,8 +369,29 @@ class InterpretParams(_Section):
         return self
 
 
+# ---------------------------------------------------------------- where torch computes
+class ComputeParams(_Section):
+    """Device, precision and processes for every torch stage. Results do not depend on the device or
+    the number of processes beyond floating-point order, so only `precision` is a DVC dependency."""
+
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps; "
+                                    "cuda under torchrun: one GPU per local rank")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast around forward passes; weights and optimiser state stay fp32")
+    threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads per process; null: "
+                                                                  "the cores shared among a node's ranks")
+    nnodes: int = Field(1, ge=1, le=4096, description="machines; > 1 needs a shared workspace")
+    nproc_per_node: int = Field(1, ge=1, le=1024, description="processes per machine (GPUs per node)")
+    rdzv_endpoint: str = Field("127.0.0.1:29500", pattern=r"^[\w.\-]+:\d{1,5}$|^\[[0-9a-fA-F:]+\]:\d{1,5}$",
+                               description="host:port of the first node, where every node's torchrun meets")
+    timeout_s: float = Field(600, gt=0, description="a collective waiting longer than this (a rank died "
+                                                    "elsewhere) ends the stage with an error")
+
+
 class Params(_Section):
     # Every section is required: DVC tracks them by name, so each must be written out.
+    compute: ComputeParams
     corpus: CorpusParams
     tokenizer: TokenizerParams
     tokenize: TokenizeParams

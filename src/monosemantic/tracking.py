@@ -64,6 +64,22 @@ class Run:
             self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
+class SilentRun(Run):
+    """What ranks other than the writing one log to: nothing (rank 0 holds the stage's one run)."""
+
+    def __init__(self):
+        self.run_id = None
+
+    def log_input(self, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, *args, **kwargs) -> None:
+        pass
+
+    def log_artifact(self, *args, **kwargs) -> None:
+        pass
+
+
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
@@ -121,10 +137,12 @@ def _end_orphaned(mlflow_module, experiment_id: str, alive: Callable[[str], bool
 
 @contextlib.contextmanager
 def start_run(stage: str, params: Mapping[str, Any], code: Mapping[str, Any],
-              alive: Callable[[str], bool] = lambda stage: True) -> Iterator[Run]:
+              alive: Callable[[str], bool] = lambda stage: True,
+              compute: Mapping[str, Any] | None = None) -> Iterator[Run]:
     """An MLflow run for one stage execution: FINISHED, FAILED if the stage raises, KILLED if
     interrupted. `alive(stage)` says whether a stage is running now, so that runs left RUNNING by
-    a killed process of this workspace are closed as KILLED."""
+    a killed process of this workspace are closed as KILLED. `compute` (device, precision, world
+    size) is logged as params and tags."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow
 
@@ -139,10 +157,11 @@ def start_run(stage: str, params: Mapping[str, Any], code: Mapping[str, Any],
         TAG_WORKSPACE: str(Path.cwd()),
         "git_commit": code.get("git_commit") or "unknown",
         "git_dirty": str(code.get("git_dirty")),
+        **{f"compute.{k}": str(v) for k, v in (compute or {}).items()},
     }
     run = mlflow.start_run(run_name=stage, tags=tags)
     try:
-        mlflow.log_params(flatten(params))
+        mlflow.log_params(flatten({**params, "compute": dict(compute or {})}))
         yield Run(mlflow, run)
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")

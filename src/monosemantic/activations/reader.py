@@ -5,7 +5,8 @@ windows of ``window_chunks`` chunks; each window's rows are shuffled together, s
 tokens from hundreds of contexts rather than arriving in context order. A background thread
 reads the next window while the current one is consumed. The position is the number of rows
 handed out; every window's order is a function of (seed, epoch, window), so a reader built
-with the same arguments and `start` continues exactly where a previous one stopped.
+with the same arguments and `start` continues exactly where a previous one stopped. Under
+data parallelism every rank walks the same global batches and keeps its `part` of each.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from monosemantic.activations.store import VerifiedArray
 
 class ShuffledReader:
     def __init__(self, acts: VerifiedArray, start_row: int, stop_row: int, batch_size: int, seed: int,
-                 window_chunks: int = 64, position: int = 0):
+                 window_chunks: int = 64, position: int = 0, part: slice = slice(None)):
         self.acts, self.batch_size, self.seed = acts, batch_size, seed
         step = acts.chunks[0]
         # Chunk-aligned pieces of [start_row, stop_row): whole chunks are the unit of reading.
@@ -32,6 +33,7 @@ class ShuffledReader:
             raise ValueError(f"{self.rows_per_epoch} rows cannot fill one batch of {batch_size}")
         self.window_chunks = window_chunks
         self.position = position
+        self.part = part  # a rank's rows of each global batch (compute.part): the batches stay global
 
     def _windows(self, epoch: int) -> list[list[tuple[int, int]]]:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pieces))
@@ -91,7 +93,7 @@ class ShuffledReader:
                 batch, rest = rows[: self.batch_size], rows[self.batch_size :]
                 pending, have = ([rest], len(rest)) if len(rest) else ([], 0)
                 self.position += self.batch_size
-                yield torch.from_numpy(batch.astype(np.float32))
+                yield torch.from_numpy(batch[self.part].astype(np.float32))
         finally:
             stop.set()
 

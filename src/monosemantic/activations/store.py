@@ -3,8 +3,9 @@ aligned int32 arrays ``tokens``, ``seq`` (row in the token store) and ``pos`` (p
 
 Chunked along tokens (whole sequences per chunk), chunks grouped into shard files so the
 store holds hundreds of files, every chunk checksummed (crc32c) so corruption fails loudly.
-Written shard by shard while the model computes the next one; a run killed midway resumes
-at the last complete shard from ``<store>.partial`` and ends with the same bytes.
+Written shard by shard while the model computes the next one, by one process or by the ranks
+of a data-parallel run (each its own shards); a run killed midway resumes from ``<store>.partial``,
+rewriting only the shards not finished, and ends with the same bytes.
 
 zarr-python creates the store and reads it; shard files are encoded here, because on a
 2-core machine zarr-python's write path costs as much CPU as the forward pass it stores.
@@ -13,6 +14,7 @@ The bytes are exactly those zarr-python writes (a test compares them).
 
 from __future__ import annotations
 
+import os
 import queue
 import shutil
 import threading
@@ -29,6 +31,7 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from monosemantic.compute import Compute
 from monosemantic.errors import UserError
 from monosemantic.provenance import replace_path
 
@@ -97,11 +100,14 @@ def encode_shard(data: np.ndarray, layout: Layout) -> list:
 
 
 def write_shard(root: Path, name: str, k: int, data: np.ndarray, layout: Layout) -> None:
-    """Write shard `k` of array `name` where zarr's default chunk-key encoding expects it."""
+    """Write shard `k` of array `name` where zarr's default chunk-key encoding expects it; atomically,
+    so a shard file under its final name is always whole."""
     path = root.joinpath(name, "c", str(k), *(["0"] * (data.ndim - 1)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
         f.writelines(encode_shard(data, layout))
+    os.replace(tmp, path)
 
 
 def _create(path: Path, n_tokens: int, d: int, layout: Layout, attrs: dict) -> zarr.Group:
@@ -115,18 +121,41 @@ def _create(path: Path, n_tokens: int, d: int, layout: Layout, attrs: dict) -> z
             shards=(layout.shard_tokens, width) if width else (layout.shard_tokens,),
             compressors=layout.codecs(),
         )
-    group.attrs.update({**attrs, "shards_done": 0})
+    group.attrs.update(attrs)
     return group
 
 
-def _resume_point(partial: Path, fingerprint: str) -> int | None:
-    """Shards already written by an interrupted run with the same inputs, or None."""
+class _Progress:
+    """Which shards are on disk, beside the store being written (``<store>.progress/<k>``).
+
+    A shard counts once its four arrays' files are written; its file then holds the sum of its
+    activations' norms, so a resumed run's mean norm is the uninterrupted run's to the last digit.
+    Ranks write disjoint shards, so each shard's record has one writer.
+    """
+
+    def __init__(self, out: Path):
+        self.dir = out.with_name(out.name + ".progress")
+
+    def done(self) -> dict[int, float]:
+        if not self.dir.is_dir():
+            return {}
+        return {int(p.name): float(p.read_text()) for p in self.dir.iterdir() if p.name.isdigit()}
+
+    def add(self, k: int, norm_sum: float) -> None:
+        tmp = self.dir / f"{k}.tmp"
+        tmp.write_text(repr(norm_sum))
+        os.replace(tmp, self.dir / str(k))
+
+    def reset(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+
+
+def _resumable(partial: Path, fingerprint: str) -> bool:
+    """Whether `partial` was begun by a run with the same inputs (so its finished shards stand)."""
     if not (partial / "zarr.json").exists():
-        return None
-    attrs = dict(zarr.open_group(partial, mode="r").attrs)
-    if attrs.get("fingerprint") != fingerprint or len(attrs.get("norm_sums", ())) != attrs.get("shards_done"):
-        return None
-    return attrs["shards_done"]
+        return False
+    return dict(zarr.open_group(partial, mode="r").attrs).get("fingerprint") == fingerprint
 
 
 def cache_activations(
@@ -140,26 +169,33 @@ def cache_activations(
     attrs: dict,
     fingerprint: str,
     stop_after_shards: int | None = None,
+    compute: Compute = Compute(),
 ) -> dict:
     """Run `acts_fn` over `token_rows[rows]` and store the activations at `out`.
 
-    `acts_fn` maps int64 tokens ``[b, ctx]`` to activations ``[b, ctx, d]``. Returns stats.
-    `stop_after_shards` ends the run early, as a kill would (for tests and benchmarks).
+    `acts_fn` maps int64 tokens ``[b, ctx]`` to activations ``[b, ctx, d]``. Returns stats (on rank
+    0; other ranks get ``{"complete": None}``). Under data parallelism rank r writes shards
+    k ≡ r (mod world size), the same bytes one process would, and rank 0 finalises the store.
+    `stop_after_shards` ends this process's run early, as a kill would (for tests and benchmarks).
     """
     n_seq = len(rows)
     if n_seq == 0:
         raise UserError("no sequences to cache: raise activations.max_train_tokens / max_eval_tokens")
     n_tokens, n_shards = n_seq * layout.ctx, -(-n_seq // layout.shard_seqs)
-    partial = out.with_name(out.name + ".partial")
-    start = _resume_point(partial, fingerprint)
-    if start is None:
-        shutil.rmtree(partial, ignore_errors=True)
-        group, start = _create(partial, n_tokens, d, layout, {**attrs, "fingerprint": fingerprint}), 0
-    else:
-        group = zarr.open_group(partial, mode="r+")
-        print(f"resuming activation cache at shard {start}/{n_shards} from {partial}")
+    partial, progress = out.with_name(out.name + ".partial"), _Progress(out)
+    if compute.is_main:
+        if _resumable(partial, fingerprint) and progress.done():
+            print(f"resuming activation cache from {partial}: {len(progress.done())}/{n_shards} shards on disk")
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+            progress.reset()
+            _create(partial, n_tokens, d, layout, {**attrs, "fingerprint": fingerprint})
+    compute.barrier()  # the store exists before any rank writes into it
+    done_before = progress.done()
+    todo = [k for k in range(compute.rank, n_shards, compute.world_size) if k not in done_before]
+    todo = todo if stop_after_shards is None else todo[:stop_after_shards]
 
-    # One writer thread: it compresses and writes shard k while the model computes shard k+1.
+    # One writer thread: it compresses and writes shard k while the model computes the next one.
     pending: queue.Queue = queue.Queue(maxsize=2)
     failure: list[BaseException] = []
 
@@ -169,9 +205,7 @@ def cache_activations(
             try:
                 for name, data in arrays.items():
                     write_shard(partial, name, k, data, layout)
-                # Only after the whole shard is on disk; its norm sum travels with it, so that a
-                # resumed run's mean norm is the uninterrupted run's to the last digit.
-                group.attrs.update({"shards_done": k + 1, "norm_sums": [*group.attrs.get("norm_sums", []), norm_sum]})
+                progress.add(k, norm_sum)  # only after the whole shard is on disk
             except BaseException as e:  # surfaced in the main thread
                 failure.append(e)
                 return
@@ -179,10 +213,10 @@ def cache_activations(
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
     t0 = time.perf_counter()
-    stop = n_shards if stop_after_shards is None else min(n_shards, start + stop_after_shards)
-    bar = tqdm(total=n_tokens, initial=start * layout.shard_tokens, unit="tok", unit_scale=True, desc="cache")
+    bar = tqdm(total=n_tokens, initial=len(done_before) * layout.shard_tokens, unit="tok", unit_scale=True,
+               desc="cache", disable=not compute.is_main)
     try:
-        for k in range(start, stop):
+        for k in todo:
             shard_rows = rows[k * layout.shard_seqs : (k + 1) * layout.shard_seqs]
             tokens = _take(token_rows, shard_rows)
             acts = np.empty((len(shard_rows), layout.ctx, d), dtype=np.float16)
@@ -205,21 +239,25 @@ def cache_activations(
             pending.put((k, arrays, norm_sum))
             if failure:
                 raise failure[0]
-            bar.update(len(flat))
+            bar.update(len(flat) * compute.world_size)
     finally:
         pending.put(None)
         thread.join()
         bar.close()
     if failure:
         raise failure[0]
+    if not compute.is_main:
+        return {"complete": None}
+    done = _wait_for(progress, n_shards, stop_after_shards is None)
     elapsed = time.perf_counter() - t0
-    if stop < n_shards:
-        return {"complete": False, "shards_done": stop}
+    if len(done) < n_shards:
+        return {"complete": False, "shards_done": len(done)}
 
-    norm_sums = group.attrs["norm_sums"]
-    del group.attrs["shards_done"], group.attrs["fingerprint"], group.attrs["norm_sums"]
+    group = zarr.open_group(partial, mode="r+")
+    del group.attrs["fingerprint"]
     raw = n_tokens * d * 2
     on_disk = sum(f.stat().st_size for f in (partial / "acts").rglob("*") if f.is_file())
+    written = len(done) - len(done_before)
     stats = {
         "complete": True,
         "tokens": n_tokens,
@@ -229,11 +267,22 @@ def cache_activations(
         "compression_ratio": raw / on_disk,
         "files": sum(1 for f in partial.rglob("*") if f.is_file()),
         "seconds": elapsed,
-        "tokens_per_second": (stop - start) * layout.shard_tokens / elapsed if stop > start else None,
+        "tokens_per_second": written * layout.shard_tokens / elapsed if written else None,
+        "mean_norm": sum(done[k] for k in range(n_shards)) / n_tokens,  # summed in shard order
     }
-    stats["mean_norm"] = sum(norm_sums) / n_tokens
     replace_path(partial, out)
+    shutil.rmtree(progress.dir)
     return stats
+
+
+def _wait_for(progress: _Progress, n_shards: int, all_ranks: bool, poll_s: float = 0.2) -> dict[int, float]:
+    """The finished shards, once every rank has written its own (torchrun stops us if a rank dies).
+    The file system, not a collective: ranks finish at different times, however long that takes."""
+    done = progress.done()
+    while all_ranks and len(done) < n_shards:
+        time.sleep(poll_s)
+        done = progress.done()
+    return done
 
 
 def _refuse(out: torch.Tensor, hook: str | None, shard: int) -> None:
@@ -311,7 +360,7 @@ def open_store(path: str | Path) -> ActivationStore:
     if not (path / "zarr.json").exists():
         raise UserError(f"{path} is not an activation store: run the cache_activations stage first")
     group = zarr.open_group(path, mode="r")
-    if "shards_done" in group.attrs:
+    if "fingerprint" in group.attrs:
         raise StoreError(f"{path} is an unfinished store (a killed cache_activations run?); {_fix(path)}")
     for name in ("acts", "tokens", "seq", "pos"):
         if name not in group:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from monosemantic.compute import Compute
 from monosemantic.evaluation.metrics import Reconstruction, density_histogram, density_summary, fraction_recovered
 from monosemantic.model.hooks import logits, splice
 from monosemantic.sae.model import SparseAutoencoder
@@ -27,32 +28,36 @@ def _loss_sum(lg: torch.Tensor, tokens: torch.Tensor) -> float:
 def evaluate_sae(
     model: nn.Module, hook: str, sae: SparseAutoencoder, contexts: np.ndarray, mean_activation: torch.Tensor,
     batch_seqs: int = 32, ultralow_density: float = 1e-6, dense_density: float = 0.1, histogram_bins: int = 40,
+    compute: Compute = Compute(),
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Metrics (eval.json's keys) and the log10 feature-density histogram over `contexts` [n_seq, ctx]."""
+    """Metrics (eval.json's keys) and the log10 feature-density histogram over `contexts` [n_seq, ctx].
+    `model` and `sae` are on `compute`'s device; forward passes run under its precision."""
     rec = Reconstruction(sae.d_in)
-    fire_counts = torch.zeros(sae.d_sae, dtype=torch.long)
+    fire_counts = torch.zeros(sae.d_sae, dtype=torch.long, device=compute.device)
+    mean_activation = mean_activation.to(compute.device)
     losses = dict.fromkeys(("original", "reconstructed", "zero_ablation", "mean_ablation"), 0.0)
     kl_sum, l0_sum, n_tokens, n_predicted = 0.0, 0.0, 0, 0
 
     for i in tqdm(range(0, len(contexts), batch_seqs), desc="evaluate", unit="batch"):
-        tokens = torch.from_numpy(np.asarray(contexts[i : i + batch_seqs])).long()
+        tokens = compute.to_device(torch.from_numpy(np.asarray(contexts[i : i + batch_seqs])).long())
         seen: list[torch.Tensor] = []
 
         def record(a: torch.Tensor) -> torch.Tensor:
             seen.append(a)
             return a
 
-        with splice(model, hook, record):
-            lg_orig = logits(model, tokens)
-        x = seen[0].float()
-        f = sae.encode(x)
-        x_hat = sae.decode(f).to(seen[0].dtype)
-        with splice(model, hook, lambda a: x_hat):
-            lg_rec = logits(model, tokens)
-        with splice(model, hook, torch.zeros_like):
-            lg_zero = logits(model, tokens)
-        with splice(model, hook, lambda a: mean_activation.to(a.dtype).expand_as(a)):
-            lg_mean = logits(model, tokens)
+        with compute.autocast():
+            with splice(model, hook, record):
+                lg_orig = logits(model, tokens)
+            x = seen[0].float()
+            f = sae.encode(x)
+            x_hat = sae.decode(f).to(seen[0].dtype)
+            with splice(model, hook, lambda a: x_hat):
+                lg_rec = logits(model, tokens)
+            with splice(model, hook, torch.zeros_like):
+                lg_zero = logits(model, tokens)
+            with splice(model, hook, lambda a: mean_activation.to(a.dtype).expand_as(a)):
+                lg_mean = logits(model, tokens)
 
         for name, lg in zip(losses, (lg_orig, lg_rec, lg_zero, lg_mean)):
             losses[name] += _loss_sum(lg, tokens)
@@ -66,7 +71,7 @@ def evaluate_sae(
         n_tokens += active.shape[0]
         n_predicted += tokens.shape[0] * (tokens.shape[1] - 1)
 
-    loss = {k: v / n_predicted for k, v in losses.items()}
+    loss, fire_counts = {k: v / n_predicted for k, v in losses.items()}, fire_counts.cpu()
     metrics = {
         "mse": rec.mse, "fvu": rec.fvu, "l0": l0_sum / n_tokens,
         **{f"loss_{k}": v for k, v in loss.items()},

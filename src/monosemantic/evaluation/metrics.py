@@ -28,7 +28,7 @@ class Reconstruction:
         x, x_hat = x.reshape(-1, self.d).double(), x_hat.reshape(-1, self.d).double()
         self.n += x.shape[0]
         self.sq_err += float((x_hat - x).pow(2).sum())
-        self.sum += x.sum(0)
+        self.sum += x.sum(0).cpu()
         self.sum_sq += float(x.pow(2).sum())
 
     @property

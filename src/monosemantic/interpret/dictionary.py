@@ -21,6 +21,7 @@ from monosemantic.interpret.proxies import Detector, token_labels
 from monosemantic.interpret.sampling import GROUPS, SPLITS, Scan, scan
 from monosemantic.interpret.scoring import bootstrap_difference, pearson, spearman, summarize
 from monosemantic.params import InterpretParams
+from monosemantic.compute import Compute
 from monosemantic.sae.model import SparseAutoencoder
 
 
@@ -33,9 +34,11 @@ class Result:
 
 
 def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: SparseAutoencoder, model: nn.Module,
-                         strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams) -> Result:
+                         strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams,
+                         compute: Compute = Compute()) -> Result:
     """Scan `tokens` (whole contexts) and their activations ``acts[first_row:]``; `strings` is each token
-    id's text, `backend` a Baseline or an LLMBackend."""
+    id's text, `backend` a Baseline or an LLMBackend. The encoding runs on `compute`'s device; the
+    statistics over its output, on the CPU."""
     n_feat, d = sae.d_sae, sae.d_in
     kinds = np.array(["feature"] * n_feat + ["neuron"] * (d if p.neurons else 0))
     index = np.concatenate([np.arange(n_feat), np.arange(d if p.neurons else 0)])
@@ -46,12 +49,19 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     with torch.no_grad():
         weight = torch.cat([sae.W_enc, torch.eye(d)], 1) if p.neurons else sae.W_enc.detach()
         bias = torch.cat([sae.b_enc - sae.b_dec @ sae.W_enc, torch.zeros(d if p.neurons else 0)])
+        weight, bias = weight.to(compute.device), bias.to(compute.device)
 
     def encode(x: torch.Tensor, units: torch.Tensor | None) -> torch.Tensor:
-        out = torch.addmm(bias, x, weight) if units is None else torch.addmm(bias[units], x, weight[:, units])
+        x = compute.to_device(x)
+        with compute.autocast():
+            if units is None:
+                out = torch.addmm(bias, x, weight)
+            else:
+                units = units.to(compute.device)
+                out = torch.addmm(bias[units], x, weight[:, units])
         n = n_feat if units is None else int((units < n_feat).sum())  # units list features first
         out[:, :n].relu_()
-        return out
+        return out.float().cpu()
 
     def choose(active: np.ndarray) -> np.ndarray:
         eligible = active.min(0) >= p.min_contexts

@@ -19,7 +19,7 @@ BUILTIN = "monosemantic-1l"
 def save_model(model: nn.Module, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(model, Transformer):
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out_dir / "model.safetensors")
         (out_dir / "config.json").write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
     else:
         model.save_pretrained(out_dir, safe_serialization=True)

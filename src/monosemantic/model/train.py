@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from monosemantic.compute import Compute
 from monosemantic.model.transformer import Transformer, next_token_loss
 from monosemantic.params import ModelParams
 
@@ -37,8 +38,9 @@ def evaluate_loss(model: torch.nn.Module, rows: np.ndarray, batch_size: int = 64
     """Mean next-token loss (nats) over `rows`."""
     model.eval()
     total, count = 0.0, 0
+    device = next(model.parameters()).device
     for i in range(0, len(rows), batch_size):
-        tokens = torch.from_numpy(rows[i : i + batch_size]).long()
+        tokens = torch.from_numpy(rows[i : i + batch_size]).long().to(device)
         logits = model(tokens)
         logits = logits.logits if hasattr(logits, "logits") else logits
         n = tokens[:, 1:].numel()
@@ -61,12 +63,15 @@ def train_model(
     checkpoint: Path,
     fingerprint: str,
     log: Callable[[int, dict], None] = lambda step, m: None,
+    compute: Compute = Compute(),
 ) -> dict:
-    """Train in place; returns train-side metrics. Resumes from `checkpoint` if it matches."""
+    """Train in place on `compute`'s device; returns train-side metrics. Resumes from `checkpoint`
+    if it matches. Data-parallel: each rank runs its part of every global batch and the ranks'
+    gradients are averaged before the (identical) optimiser step; rank 0 checkpoints."""
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay, betas=(0.9, 0.95))
     start = 0
     if checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location=compute.device)
         if state["fingerprint"] == fingerprint:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -76,21 +81,26 @@ def train_model(
     train_tensor = torch.from_numpy(train_rows)
     model.train()
     loss_ema, t0 = None, time.perf_counter()
-    bar = tqdm(range(start, p.steps), initial=start, total=p.steps, desc="train_model", unit="step")
+    compute.broadcast_(list(model.parameters()))  # every rank from rank 0's weights
+    mine = compute.part(p.batch_size)
+    bar = tqdm(range(start, p.steps), initial=start, total=p.steps, desc="train_model", unit="step",
+               disable=not compute.is_main)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, p)
-        batch = train_tensor[batch_at(step, p, len(train_rows))].long()
-        loss = next_token_loss(model(batch), batch)
+        batch = compute.to_device(train_tensor[batch_at(step, p, len(train_rows))[mine]].long())
+        with compute.autocast():
+            loss = next_token_loss(model(batch), batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        (loss,) = compute.reduce_gradients_(model.parameters(), len(batch) / p.batch_size, loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss_ema = loss.item() if loss_ema is None else 0.98 * loss_ema + 0.02 * loss.item()
         if (step + 1) % p.log_every == 0 or step + 1 == p.steps:
             bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
             log(step + 1, {"train_loss": loss.item(), "lr": lr_at(step, p)})
-        if (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
+        if compute.is_main and (step + 1) % p.checkpoint_every == 0 and step + 1 < p.steps:
             tmp = checkpoint.with_name(checkpoint.name + ".tmp")
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             torch.save(

@@ -21,7 +21,7 @@ SAE_LENS_VERSION = "6.0.0"  # the format generation written here
 
 def save_sae(sae: SparseAutoencoder, out_dir: Path, metadata: dict | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in sae.state_dict().items()}, out_dir / WEIGHTS)
+    save_file({k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}, out_dir / WEIGHTS)
     cfg = {
         "d_in": sae.d_in,
         "d_sae": sae.d_sae,

@@ -43,11 +43,12 @@ def resample(
     weights = losses.double().pow(2)
     if weights.sum() <= 0:  # a perfect reconstruction everywhere: fall back to a uniform draw
         weights = torch.ones_like(weights)
-    drawn = torch.multinomial(weights, len(idx), replacement=True, generator=generator)
+    # On the CPU, where `generator` lives: the same draw on any device.
+    drawn = torch.multinomial(weights.cpu(), len(idx), replacement=True, generator=generator).to(inputs.device)
     direction = inputs[drawn] / inputs[drawn].norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     alive = ~dead
-    alive_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else torch.tensor(1.0)
+    alive_norm = sae.W_enc[:, alive].norm(dim=0).mean() if alive.any() else sae.W_enc.new_tensor(1.0)
     sae.W_dec[idx] = direction
     sae.W_enc[:, idx] = (direction * ENCODER_SCALE * alive_norm).T
     sae.b_enc[idx] = 0.0

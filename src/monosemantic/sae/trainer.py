@@ -11,11 +11,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from tqdm import tqdm
 
+from monosemantic.compute import Compute
 from monosemantic.errors import UserError
 from monosemantic.sae.model import SparseAutoencoder, geometric_median
 from monosemantic.sae.resample import per_input_loss, resample
@@ -40,7 +41,6 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     seed: int = 0
-    autocast_bf16: bool = False
 
     @classmethod
     def from_params(cls, p) -> "TrainConfig":
@@ -50,7 +50,7 @@ class TrainConfig:
             l1_warmup_steps=p.l1_warmup_steps, lr_warmup_steps=p.lr_warmup_steps, lr_decay_steps=p.lr_decay_steps,
             resample_steps=tuple(p.resample_steps) if p.resample else (), dead_window=p.dead_window,
             resample_inputs=p.resample_inputs, log_every=p.log_every, checkpoint_every=p.checkpoint_every,
-            seed=p.seed, autocast_bf16=p.autocast_bf16,
+            seed=p.seed,
         )
 
 
@@ -58,15 +58,34 @@ def adam(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
     return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)  # one fused kernel: ~3x faster than the loop
 
 
-def train_step(sae: SparseAutoencoder, opt: torch.optim.Adam, x: torch.Tensor, l1: float, bf16: bool = False):
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+class Step(NamedTuple):
+    """One step's loss terms and which features fired, over the global batch."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    l1: torch.Tensor
+    l0: torch.Tensor
+    fired: torch.Tensor
+
+
+def train_step(sae: SparseAutoencoder, opt: torch.optim.Adam, x: torch.Tensor, l1: float,
+               compute: Compute = Compute(), share: float = 1.0) -> Step:
+    """Adam on the loss, then the decoder back to unit norm. `x` is this rank's `share` of the
+    global batch: the ranks' gradients are averaged with those weights, which is the gradient of
+    the global batch's mean loss, so every rank takes the same step."""
+    with compute.autocast():
         out = sae(x, l1)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
+    f = out.f.detach()
+    # f >= 0: amax is a faster "fired at all" than (f > 0).any(0)
+    terms = compute.reduce_gradients_(sae.parameters(), share, out.loss, out.mse, out.l1,
+                                      torch.count_nonzero(f) / len(f), f.amax(0))
     sae.remove_parallel_gradient()
     opt.step()
     sae.normalize_decoder()
-    return out
+    loss, mse, l1, l0, fired = terms
+    return Step(loss.detach(), mse.detach(), l1.detach(), l0, fired > 0)
 
 
 def schedule(step: int, cfg: TrainConfig) -> tuple[float, float]:
@@ -95,69 +114,88 @@ def train_sae(
     checkpoint: Path | None = None,
     fingerprint: str = "",
     log: Callable[[int, dict], None] = lambda step, m: None,
+    compute: Compute = Compute(),
 ) -> State:
-    """Train `sae` in place. `batches(position)` yields training batches from a row position;
-    `sample_inputs(n, gen)` draws n random training inputs (for b_dec's init and resampling)."""
+    """Train `sae` in place, on `compute`'s device. `batches(position)` yields this rank's part of each
+    global batch from a row position; `sample_inputs(n, gen)` draws n random training inputs (for
+    b_dec's init and resampling: rank 0 draws, decides, and broadcasts). Only rank 0 checkpoints."""
     opt = adam(sae, cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    state = State(steps_since_fired=torch.zeros(sae.d_sae, dtype=torch.long))
+    state = State(steps_since_fired=torch.zeros(sae.d_sae, dtype=torch.long, device=compute.device))
     if checkpoint is not None and checkpoint.exists():
         try:
-            saved = torch.load(checkpoint, weights_only=False)
+            saved = torch.load(checkpoint, weights_only=False, map_location=compute.device)
         except Exception as e:  # a torn or foreign file: start over rather than fail every re-run
             print(f"ignoring unreadable checkpoint {checkpoint} ({type(e).__name__}); training from step 0")
             saved = {"fingerprint": None}
         if saved["fingerprint"] == fingerprint:
             sae.load_state_dict(saved["sae"])
             opt.load_state_dict(saved["optimizer"])
-            gen.set_state(saved["generator"])
+            gen.set_state(saved["generator"].cpu())
             state = saved["state"]
+            state.steps_since_fired = state.steps_since_fired.to(compute.device)
             print(f"resuming SAE training from {checkpoint} at step {state.step}")
     data = _ReadAhead(batches(state.step * cfg.batch_size))  # reading starts now, during b_dec's init
     if state.step == 0:
         with torch.no_grad():
-            sae.b_dec.copy_(geometric_median(sample_inputs(min(cfg.resample_inputs, 32_768), gen)))
+            if compute.is_main:
+                sample = compute.to_device(sample_inputs(min(cfg.resample_inputs, 32_768), gen))
+                sae.b_dec.copy_(geometric_median(sample))
+            compute.broadcast_(list(sae.parameters()))  # every rank starts from rank 0's weights
 
     t0, start = time.perf_counter(), state.step
-    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train_sae d_sae={sae.d_sae}", unit="step")
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train_sae d_sae={sae.d_sae}", unit="step",
+               disable=not compute.is_main)
     while state.step < cfg.steps:
         lr, l1 = schedule(state.step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        out = train_step(sae, opt, next(data), l1, cfg.autocast_bf16)
-        if not torch.isfinite(out.loss):
+        x = compute.to_device(next(data))
+        out = train_step(sae, opt, x, l1, compute, len(x) / cfg.batch_size)
+        if not torch.isfinite(out.loss):  # the global loss: every rank stops together
             kept = f"the checkpoint {checkpoint} is kept" if checkpoint is not None and checkpoint.exists() else "no checkpoint was written"
             raise TrainingDiverged(f"the SAE loss became {out.loss.item()} at step {state.step + 1} (d_sae={sae.d_sae}); "
                                    f"{kept} and no dictionary is written. Lower sae.train.lr or check the activations, "
                                    "then re-run")
-        fired = out.f.detach().amax(0) > 0  # f >= 0; faster than (f > 0).any(0)
-        state.steps_since_fired = torch.where(fired, 0, state.steps_since_fired + 1)
+        state.steps_since_fired = torch.where(out.fired, 0, state.steps_since_fired + 1)
         state.step += 1
         state.tokens += cfg.batch_size
 
         resampling, resampled = state.step in cfg.resample_steps, 0
         if resampling:
-            dead = state.steps_since_fired >= min(cfg.dead_window, state.step)
-            inputs = sample_inputs(cfg.resample_inputs, gen)
-            resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, l1), gen)
+            dead = state.steps_since_fired >= min(cfg.dead_window, state.step)  # the same on every rank
+            if compute.is_main:
+                inputs = compute.to_device(sample_inputs(cfg.resample_inputs, gen))
+                resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, l1), gen)
+            _broadcast_resampled(sae, opt, compute)
             state.steps_since_fired[dead] = 0
             resampled = int(dead.sum())
             state.resampled.append((state.step, resampled))
         if resampling or state.step % cfg.log_every == 0 or state.step == cfg.steps:
-            l0 = torch.count_nonzero(out.f).item() / len(out.f)
             dead_now = int((state.steps_since_fired >= min(cfg.dead_window, state.step)).sum())
             rate = (state.step - start) * cfg.batch_size / (time.perf_counter() - t0)
-            row = {"loss": out.loss.item(), "mse": out.mse.item(), "l1": out.l1.item(), "l0": l0,
+            row = {"loss": out.loss.item(), "mse": out.mse.item(), "l1": out.l1.item(), "l0": out.l0.item(),
                    "dead_features": dead_now, "resampled_neurons": resampled, "lr": lr,
                    "l1_coefficient": l1, "tokens_per_second": rate}
             state.history.append({"step": state.step, **row})
             log(state.step, row)
-            bar.set_postfix(loss=f"{out.loss.item():.4g}", l0=f"{l0:.1f}", tok_s=f"{rate:.0f}", refresh=False)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", tok_s=f"{rate:.0f}", refresh=False)
         bar.update(1)
-        if checkpoint is not None and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
+        if (checkpoint is not None and compute.is_main and state.step % cfg.checkpoint_every == 0
+                and state.step < cfg.steps):
             _save(checkpoint, sae, opt, gen, state, fingerprint)
     bar.close()
     return state
+
+
+def _broadcast_resampled(sae: SparseAutoencoder, opt: torch.optim.Adam, compute: Compute) -> None:
+    """Rank 0's resampled weights and reset Adam moments, on every rank."""
+    if not compute.distributed:
+        return
+    moments = [opt.state[p][k] for p in (sae.W_enc, sae.b_enc, sae.W_dec) if p in opt.state
+               for k in ("exp_avg", "exp_avg_sq")]
+    with torch.no_grad():
+        compute.broadcast_([sae.W_enc, sae.b_enc, sae.W_dec, *moments])
 
 
 class _ReadAhead:
