@@ -38,6 +38,7 @@ bench: setup
 	$(PY) benchmarks/tokenize_throughput.py
 	$(PY) benchmarks/cache_throughput.py
 	$(PY) benchmarks/sae_step.py
+	$(PY) benchmarks/ddp_overhead.py
 
 clean-venv:
 	rm -rf $(VENV)

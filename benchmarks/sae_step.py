@@ -1,8 +1,9 @@
-"""One SAE training step next to the dense matmul rate of the same shapes, measured in this run;
-then the whole trainer fed by the Zarr reader next to the step alone. Prints name=value lines.
+"""One SAE training step next to the dense matmul rate of the same shapes and dtype, measured in
+this run; then the whole trainer fed by the Zarr reader next to the step alone. Prints name=value lines.
 
-ratio_to_peak = 6·d_in·d_sae·tokens/s ÷ the best matmul FLOP/s among the step's three
-GEMM shapes (target >= 0.7); trainer_to_step = trainer tokens/s ÷ step-only tokens/s (>= 0.9).
+CPU, fp32 (the hand-written sparse step): ratio_to_peak = 6·d_in·d_sae·tokens/s ÷ the best matmul
+FLOP/s among the step's three GEMM shapes (target >= 0.7); trainer_to_step = trainer tokens/s ÷
+step-only tokens/s (>= 0.9).
 
 The step runs at a trained dictionary's sparsity, not a random init's (which fires half the
 features): inputs are sparse non-negative mixtures of a known dictionary (`--mix` features each)
@@ -11,11 +12,18 @@ and the SAE starts next to it (decoder ≈ the dictionary, encoder its transpose
 trainer's l0 too). The 6·d_in·d_sae FLOPs per token are a fixed yardstick (a dense step does five
 GEMMs, 10·d_in·d_sae, so it stays below 0.6); the step computes its decoder and backward from f's
 nonzeros, so the ratio credits work it skips. dense_ratio_to_peak: the same step forced dense.
+
+`--device cuda` (or bf16 on CPU): the model's dense autograd path, under autocast for bf16/fp16,
+timed with CUDA events after synchronising; the peak is the same three shapes in the same dtype
+on the same device. There the five GEMMs are really executed, so ratio_to_peak counts them:
+10·d_in·d_sae·tokens/s ÷ peak (target >= 0.6 on a GPU; flops_per_token is printed).
 """
 
 import argparse
 import copy
 import os
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,16 +33,63 @@ import torch
 import zarr
 
 from monosemantic.activations.reader import ShuffledReader
+from monosemantic.compute import DTYPES, Compute
 from monosemantic.sae.model import SparseAutoencoder, geometric_median
 from monosemantic.sae.trainer import TrainConfig, adam, train_sae, train_step
 
 
-def timed(fn, repeats):
-    fn()
-    t0 = time.perf_counter()
+def device_spec(spec: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
+        raise argparse.ArgumentTypeError(f"{spec!r} is not auto, cpu, cuda or cuda:N")
+    return spec
+
+
+def device_or_exit(spec: str, precision: str) -> torch.device:
+    """--device as a torch.device, or one line on stderr and exit status 2 if this machine lacks it."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
+    problem = None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        problem = (f"--device {spec} needs CUDA, and this machine has none (torch {torch.__version__}, "
+                   f"CUDA build {torch.version.cuda}); use --device cpu or auto")
+    elif device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        problem = f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here"
+    elif device.type == "cpu" and precision == "fp16":
+        problem = "--precision fp16 needs a GPU (CPU autocast supports bf16); use bf16 or fp32"
+    if problem:
+        print(f"{Path(sys.argv[0]).name}: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def timed(fn, repeats, device=None):
+    """Seconds per call of fn. On CUDA: after warm-up and a synchronise, between two events on the
+    stream, so queued work is counted to its end (and gaps while the GPU waits for launches too)."""
+    if device is None or device.type != "cuda":
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
     for _ in range(repeats):
         fn()
-    return (time.perf_counter() - t0) / repeats
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / repeats
+
+
+def matmul_peak(b: int, d: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int) -> float:
+    """The best FLOP/s among the step's three GEMM shapes, in `dtype` on `device`."""
+    x, w_enc, w_dec = (torch.randn(s, device=device).to(dtype) for s in ((b, d), (d, n), (n, d)))
+    f = torch.relu(torch.randn(b, n, device=device)).to(dtype)
+    shapes = {"x@W_enc": lambda: x @ w_enc, "f@W_dec": lambda: f @ w_dec, "f.T@x": lambda: f.T @ x}
+    return max(2 * b * d * n / timed(fn, repeats, device) for fn in shapes.values())
 
 
 def sparse_mixtures(dictionary: torch.Tensor, rows: int, mix: int, gen: torch.Generator) -> torch.Tensor:
@@ -62,35 +117,39 @@ def main():
     ap.add_argument("--d-in", type=int, default=512)
     ap.add_argument("--d-sae", type=int, default=4096)
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default: 10 on CPU, 50 on CUDA)")
     ap.add_argument("--mix", type=int, default=12, help="dictionary features per input")
     ap.add_argument("--threshold", type=float, default=0.4, help="encoder threshold of the starting SAE")
+    ap.add_argument("--device", type=device_spec, default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
+    ap.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="autocast dtype; weights stay fp32")
     args = ap.parse_args()
+    device = device_or_exit(args.device, args.precision)
+    compute = Compute(device, args.precision)
+    sparse_path = device.type == "cpu" and args.precision == "fp32"  # the hand-written step; else autograd, dense
+    steps = args.steps or (50 if device.type == "cuda" else 10)
     b, d, n = args.batch, args.d_in, args.d_sae
     torch.manual_seed(0)
 
-    x, w_enc, w_dec = torch.randn(b, d), torch.randn(d, n), torch.randn(n, d)
-    f = torch.relu(torch.randn(b, n))
-    shapes = {"x@W_enc": lambda: x @ w_enc, "f@W_dec": lambda: f @ w_dec, "f.T@x": lambda: f.T @ x}
-    peak = max(2 * b * d * n / timed(fn, args.steps) for fn in shapes.values())
+    peak = matmul_peak(b, d, n, compute.dtype, device, steps)
 
     gen = torch.Generator().manual_seed(0)
     dictionary = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=1)
-    rows = b * (args.steps + 4)
+    rows = b * (steps + 4)
     acts = sparse_mixtures(dictionary, rows, args.mix, gen).half().float()  # what the store will hold
-    sae = near_dictionary(dictionary, acts[:32_768], args.threshold, gen)
-    data = acts[:b]
+    sae = near_dictionary(dictionary, acts[:32_768], args.threshold, gen).to(device)
+    data = acts[:b].to(device)
 
     def step_rate(sparse_below):
         """train_step's tokens/s on `data`, starting from `sae`; the L0 where it ends."""
         stepped = copy.deepcopy(sae)
         stepped.sparse_below, opt = sparse_below, adam(stepped, 1e-4)
-        tokens_per_s = b / timed(lambda: train_step(stepped, opt, data, 0.004), args.steps)
-        with torch.no_grad():
+        tokens_per_s = b / timed(lambda: train_step(stepped, opt, data, 0.004, compute), steps, device)
+        with torch.no_grad(), compute.autocast():
             return tokens_per_s, (stepped(data).f > 0).sum(-1).float().mean().item()
 
     step_tok, l0 = step_rate(SparseAutoencoder.sparse_below)
-    dense_tok, _ = step_rate(0.0)  # the same step with every product dense
+    if sparse_path:
+        dense_tok, _ = step_rate(0.0)  # the same step with every product dense
 
     with tempfile.TemporaryDirectory() as tmp:
         store = zarr.create_array(Path(tmp) / "a.zarr", shape=(rows, d), chunks=(2048, d), dtype="float16")
@@ -102,12 +161,17 @@ def main():
         def sample_inputs(k, g):
             return torch.from_numpy(store[: min(k, rows)].astype(np.float32))
 
-        cfg = TrainConfig(steps=args.steps + 2, l1_coefficient=0.004, batch_size=b, log_every=10**9)
-        train_sae(copy.deepcopy(sae), batches, sample_inputs, cfg)  # warm-up (and page cache)
-        state = train_sae(copy.deepcopy(sae), batches, sample_inputs, cfg)
+        cfg = TrainConfig(steps=steps + 2, l1_coefficient=0.004, batch_size=b, log_every=10**9)
+        train_sae(copy.deepcopy(sae), batches, sample_inputs, cfg, compute=compute)  # warm-up (and page cache)
+        state = train_sae(copy.deepcopy(sae), batches, sample_inputs, cfg, compute=compute)
         trainer_tok = state.history[-1]["tokens_per_second"]  # steady state: b_dec's init excluded
 
-    print(f"shape=d_in{d}_d_sae{n}_batch{b}_fp32")
+    flops_per_token = 6 * d * n if sparse_path else 10 * d * n  # yardstick; or the five GEMMs executed
+    print(f"shape=d_in{d}_d_sae{n}_batch{b}_{args.precision}")
+    if not sparse_path:
+        print(f"device={device}")
+        if device.type == "cuda":
+            print(f"gpu={torch.cuda.get_device_name(device)}")
     print(f"threads={torch.get_num_threads()}")
     print(f"omp_wait_policy={os.environ.get('OMP_WAIT_POLICY', 'unset')}")  # PASSIVE: far faster on busy cores
     print(f"l0={l0:.1f}")
@@ -115,10 +179,13 @@ def main():
     print(f"trainer_l0={state.history[-1]['l0']:.1f}")
     print(f"matmul_peak_gflops={peak / 1e9:.1f}")
     print(f"step_tokens_per_s={step_tok:.0f}")
-    print(f"step_gflops={6 * d * n * step_tok / 1e9:.1f}")
-    print(f"ratio_to_peak={6 * d * n * step_tok / peak:.3f}")
-    print(f"dense_step_tokens_per_s={dense_tok:.0f}")
-    print(f"dense_ratio_to_peak={6 * d * n * dense_tok / peak:.3f}")
+    if not sparse_path:
+        print(f"flops_per_token={flops_per_token}")
+    print(f"step_gflops={flops_per_token * step_tok / 1e9:.1f}")
+    print(f"ratio_to_peak={flops_per_token * step_tok / peak:.3f}")
+    if sparse_path:
+        print(f"dense_step_tokens_per_s={dense_tok:.0f}")
+        print(f"dense_ratio_to_peak={6 * d * n * dense_tok / peak:.3f}")
     print(f"trainer_tokens_per_s={trainer_tok:.0f}")
     print(f"trainer_to_step={trainer_tok / step_tok:.3f}")
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from monosemantic.activations import open_store
-from monosemantic.activations.reader import ShuffledReader, random_rows
+from monosemantic.activations.reader import batches, random_rows
 from monosemantic.errors import UserError
 from monosemantic.provenance import atomic_output, write_record
 from monosemantic.resources import check_memory
@@ -26,9 +26,9 @@ def main(arg: str) -> None:
         if stop - start < p.batch_size:
             raise UserError(f"{stop - start} training activations cannot fill one batch of sae.train.batch_size={p.batch_size}")
 
-        def batches(position: int):
-            return iter(ShuffledReader(acts, start, stop, p.batch_size, p.seed, p.window_chunks, position,
-                                       part=s.compute.part(p.batch_size)))
+        def global_batches(position: int):
+            return batches(acts, start, stop, p.batch_size, p.seed, p.window_chunks, position, p.reader_lanes,
+                           s.compute.rank, s.compute.world_size)
 
         def sample_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
             return random_rows(acts, start, stop, n, gen)
@@ -38,7 +38,7 @@ def main(arg: str) -> None:
         sae = SparseAutoencoder(acts.shape[1], size).to(s.compute.device)
         # Every rank walks the same global batches: a checkpoint resumes on any number of ranks.
         checkpoint = Path(f"checkpoints/train_sae/{size}/checkpoint.pt")
-        state = train_sae(sae, batches, sample_inputs, cfg, checkpoint, s.fingerprint(size, s.compute.precision),
+        state = train_sae(sae, global_batches, sample_inputs, cfg, checkpoint, s.fingerprint(size, s.compute.precision),
                           lambda step, m: s.run.log_metrics(m, step), s.compute)
         if not s.compute.is_main:
             return

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from monosemantic.activations import ActivationStore, Layout, VerifiedArray, cache_activations, open_store
-from monosemantic.activations.reader import ShuffledReader, random_rows
+from monosemantic.activations.reader import batches, random_rows
 from monosemantic.errors import UserError
 from monosemantic.evaluation.universality import histogram, match_table, universality
 from monosemantic.model import Transformer, load_model, save_model
@@ -141,7 +141,7 @@ def _train_sae_b(s: Stage, acts: VerifiedArray, size: int, work: Path, acts_fing
     torch.manual_seed(p.seed)
     sae = SparseAutoencoder(acts.shape[1], size).to(s.compute.device)
     state = train_sae(
-        sae, lambda position: iter(ShuffledReader(acts, 0, n, p.batch_size, p.seed, p.window_chunks, position)),
+        sae, lambda position: batches(acts, 0, n, p.batch_size, p.seed, p.window_chunks, position, p.reader_lanes),
         lambda k, gen: random_rows(acts, 0, n, k, gen), cfg, work / "sae.pt",
         s.fingerprint("sae_b", acts_fingerprint, size, p.model_dump(mode="json")),
         lambda step, m: s.run.log_metrics({f"sae_b.{k}": v for k, v in m.items()}, step), s.compute,

@@ -106,20 +106,25 @@ def test_two_processes_train_the_same_subject_model(repo, tmp_path):
     assert two["tokens_seen"] == one["tokens_seen"]
 
 
-def test_two_nodes_on_loopback_match_one_node(repo, tmp_path):
-    """Two torchrun agents (--nnodes 2, c10d rendezvous on 127.0.0.1): the result of one node with 2 ranks."""
+def test_two_nodes_on_loopback_match_one_process(repo, tmp_path):
+    """Two torchrun agents (--nnodes 2, c10d rendezvous on 127.0.0.1), each rank reading only its own
+    lane of every batch (reader_lanes 2): the dictionary one process makes from the same two lanes."""
+    lanes = lambda r: r["sae"]["train"].update(reader_lanes=2)  # noqa: E731
     node = clone_repo(repo, tmp_path / "node")
     set_params(node, processes(1, nodes=2, port=free_port()))
+    set_params(node, lanes)
     procs = [subprocess.Popen([*LAUNCH, "train_sae", "128"], cwd=node, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     single = clone_repo(repo, tmp_path / "single")
-    set_params(single, processes(2))
+    set_params(single, lanes)
     launch(single, "train_sae", "128")
     a, b = load_sae(node / "models/sae/128"), load_sae(single / "models/sae/128")
     diff = max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert diff < SAE_TOLERANCE, diff
+    assert (json.loads((node / "models/sae/128/provenance.json").read_text())["resampling"]
+            == json.loads((single / "models/sae/128/provenance.json").read_text())["resampling"])
 
 
 def _worker_pids(parent: int) -> dict[int, int]:
@@ -139,7 +144,7 @@ def _worker_pids(parent: int) -> dict[int, int]:
 def test_a_killed_rank_ends_the_stage_naming_it_and_a_rerun_resumes(repo, tmp_path):
     work = clone_repo(repo, tmp_path / "r")
     set_params(work, processes(2))
-    set_params(work, lambda r: r["sae"]["train"].update(steps=600, checkpoint_every=50, resample_steps=[100, 300]))
+    set_params(work, lambda r: r["sae"]["train"].update(steps=300, checkpoint_every=50, resample_steps=[100, 200]))
     ckpt = work / "checkpoints/train_sae/128/checkpoint.pt"
     proc = subprocess.Popen([*LAUNCH, "train_sae", "128"], cwd=work, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -156,7 +161,7 @@ def test_a_killed_rank_ends_the_stage_naming_it_and_a_rerun_resumes(repo, tmp_pa
     assert before == hash_path(repo / "models/sae/128")  # the previous dictionary is untouched
     res = launch(work, "train_sae", "128")
     assert "resuming SAE training" in res.stdout + res.stderr and not ckpt.exists()
-    assert json.loads((work / "metrics/sae/128/train.json").read_text())["tokens_seen"] == 600 * 512
+    assert json.loads((work / "metrics/sae/128/train.json").read_text())["tokens_seen"] == 300 * 512
 
 
 def test_cuda_without_cuda_fails_before_any_work(repo, tmp_path):

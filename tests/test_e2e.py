@@ -166,7 +166,7 @@ def kill_once_checkpointed(work: Path, stage_args: list[str], ckpt: Path) -> Non
 
 def test_killed_train_model_stage_resumes(repo, tmp_path):
     work = clone_repo(repo, tmp_path / "r")
-    set_params(work, lambda r: r["model"].update(steps=600, checkpoint_every=100))
+    set_params(work, lambda r: r["model"].update(steps=300, checkpoint_every=50))
     ckpt = work / "checkpoints/train_model/checkpoint.pt"
     kill_once_checkpointed(work, ["stages.train_model"], ckpt)
     res = sh("dvc", "repro", "train_model", cwd=work)
@@ -174,7 +174,7 @@ def test_killed_train_model_stage_resumes(repo, tmp_path):
     assert not ckpt.exists()
     resumed = load_model(work / "models/transformer").state_dict()
     fresh = clone_repo(repo, tmp_path / "fresh")
-    set_params(fresh, lambda r: r["model"].update(steps=600, checkpoint_every=100))
+    set_params(fresh, lambda r: r["model"].update(steps=300, checkpoint_every=50))
     sh("dvc", "repro", "train_model", cwd=fresh)
     clean = load_model(fresh / "models/transformer").state_dict()
     assert all(torch.equal(resumed[k], clean[k]) for k in clean)
@@ -228,7 +228,7 @@ def test_killed_train_sae_stage_resumes_to_the_same_dictionary(repo, tmp_path):
     from monosemantic.sae.export import load_sae
 
     def longer(r):
-        r["sae"]["train"].update(steps=600, checkpoint_every=50, resample_steps=[100, 300, 500])
+        r["sae"]["train"].update(steps=300, checkpoint_every=50, resample_steps=[100, 200])
 
     work = clone_repo(repo, tmp_path / "r")
     set_params(work, longer)
@@ -241,7 +241,7 @@ def test_killed_train_sae_stage_resumes_to_the_same_dictionary(repo, tmp_path):
     sh("dvc", "repro", "train_sae@128", cwd=fresh)
     resumed, clean = load_sae(work / "models/sae/128"), load_sae(fresh / "models/sae/128")
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), clean.state_dict().values()))
-    assert (work / "plots/sae/128/train.csv").read_text().count("\n") == 61  # header + 600/10 rows
+    assert (work / "plots/sae/128/train.csv").read_text().count("\n") == 31  # header + 300/10 rows
 
 
 def audit_cli(path, cwd):

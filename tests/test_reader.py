@@ -94,3 +94,32 @@ def test_a_bad_chunk_stops_the_reader_instead_of_hanging_it(tmp_path, bad_chunk)
     with pytest.raises(StoreError, match="checksum"):
         for _ in itertools.islice(iter(reader), 100):  # more than an epoch
             pass
+
+
+@given(lanes=st.sampled_from([1, 2, 4]), world=st.sampled_from([1, 2, 4]), start=st.integers(0, 3),
+       position=st.integers(0, 30))
+@settings(max_examples=20, deadline=None)
+def test_ranks_read_disjoint_parts_of_the_same_global_batches(tmp_path_factory, lanes, world, start, position):
+    """Whatever the number of ranks, their parts put together are the global batches of one process."""
+    from monosemantic.activations.reader import batches
+
+    if lanes > 1 and lanes % world:
+        return  # params.py refuses it
+    arr = store(tmp_path_factory.mktemp("r"), 640, 16)
+    position *= 16
+
+    def global_batches(rank, n):
+        return [ids(b) for b in itertools.islice(batches(arr, start, 600, 16, 0, 3, position, lanes, rank, n), 50)]
+
+    alone = global_batches(0, 1)
+    parts = [global_batches(r, world) for r in range(world)]
+    together = [np.concatenate([p[i] for p in parts]) for i in range(50)]
+    if lanes == 1:
+        assert all((a == b).all() for a, b in zip(alone, together))
+    else:  # the same rows in each batch (lane order within a rank's part is its own)
+        assert all(sorted(a) == sorted(b) for a, b in zip(alone, together))
+    if lanes > 1:  # each rank reads only its own lanes' chunks (chunk i belongs to lane i mod lanes)
+        chunk_lane = lambda rows: set(((rows // 16) - start // 16) % lanes)  # noqa: E731
+        for r, part in enumerate(parts):
+            mine = set(range(lanes * r // world, lanes * (r + 1) // world))
+            assert chunk_lane(np.concatenate(part)) <= mine

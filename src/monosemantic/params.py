@@ -201,6 +201,9 @@ class SAETrainParams(_Section):
     dead_window: int = Field(12_500, ge=1, description="steps without firing after which a neuron is dead")
     resample_inputs: int = Field(819_200, ge=1, description="inputs whose loss weights the draw")
     window_chunks: int = Field(64, ge=1, description="activation chunks shuffled together by the reader")
+    reader_lanes: int = Field(1, ge=1, le=4096, description="independent shuffled streams a global batch is "
+                              "drawn from; data-parallel ranks each read only their own, so a multiple of "
+                              "the number of processes divides the reading among them (1: every rank reads all)")
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     seed: int = 0
@@ -210,6 +213,9 @@ class SAETrainParams(_Section):
         late = [s for s in self.resample_steps if not 0 < s < self.steps]
         if late:
             raise ValueError(f"resample_steps {late} must lie strictly between 0 and steps={self.steps}")
+        if self.batch_size % self.reader_lanes:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of reader_lanes={self.reader_lanes} "
+                             "(each lane gives an equal share of every batch)")
         return self
 
 
@@ -402,6 +408,14 @@ class Params(_Section):
     compare: CompareParams
     universality: UniversalityParams
     interpret: InterpretParams
+
+    @model_validator(mode="after")
+    def _lanes_per_process(self):
+        world, lanes = self.compute.nnodes * self.compute.nproc_per_node, self.sae.train.reader_lanes
+        if lanes > 1 and lanes % world:
+            raise ValueError(f"sae.train.reader_lanes={lanes} cannot be shared by {world} processes "
+                             f"(compute.nnodes x compute.nproc_per_node): use a multiple of {world}, or 1")
+        return self
 
     @model_validator(mode="after")
     def _universality_size(self):

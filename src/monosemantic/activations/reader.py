@@ -6,7 +6,8 @@ tokens from hundreds of contexts rather than arriving in context order. A backgr
 reads the next window while the current one is consumed. The position is the number of rows
 handed out; every window's order is a function of (seed, epoch, window), so a reader built
 with the same arguments and `start` continues exactly where a previous one stopped. Under
-data parallelism every rank walks the same global batches and keeps its `part` of each.
+data parallelism every rank walks the same global batches: reading all of each and keeping its
+part, or, with lanes, reading only its own streams (`batches`).
 """
 
 from __future__ import annotations
@@ -21,28 +22,33 @@ from monosemantic.activations.store import VerifiedArray
 
 
 class ShuffledReader:
+    """One shuffled stream over the store's chunks, or over `lane` = (index, count): every count-th
+    chunk from the index-th on, a stream of its own (see `batches`)."""
+
     def __init__(self, acts: VerifiedArray, start_row: int, stop_row: int, batch_size: int, seed: int,
-                 window_chunks: int = 64, position: int = 0, part: slice = slice(None)):
+                 window_chunks: int = 64, position: int = 0, part: slice = slice(None),
+                 lane: tuple[int, int] = (0, 1)):
         self.acts, self.batch_size, self.seed = acts, batch_size, seed
         step = acts.chunks[0]
         # Chunk-aligned pieces of [start_row, stop_row): whole chunks are the unit of reading.
         edges = sorted({start_row, stop_row, *range(-(-start_row // step) * step, stop_row, step)})
-        self.pieces = [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
-        self.rows_per_epoch = stop_row - start_row
+        self.pieces = [(a, b) for a, b in zip(edges, edges[1:]) if b > a][lane[0] :: lane[1]]
+        self.rows_per_epoch = sum(b - a for a, b in self.pieces)
         if self.rows_per_epoch < batch_size:
             raise ValueError(f"{self.rows_per_epoch} rows cannot fill one batch of {batch_size}")
         self.window_chunks = window_chunks
         self.position = position
         self.part = part  # a rank's rows of each global batch (compute.part): the batches stay global
+        self.key = [] if lane[1] == 1 else [lane[1], lane[0]]  # one stream: the seeds it always had
 
     def _windows(self, epoch: int) -> list[list[tuple[int, int]]]:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.pieces))
+        order = np.random.default_rng([self.seed, epoch, *self.key]).permutation(len(self.pieces))
         pieces = [self.pieces[i] for i in order]
         return [pieces[i : i + self.window_chunks] for i in range(0, len(pieces), self.window_chunks)]
 
     def _window_rows(self, epoch: int, w: int, window: list[tuple[int, int]]) -> np.ndarray:
         rows = np.concatenate([self.acts[a:b] for a, b in window])
-        return rows[np.random.default_rng([self.seed, epoch, w]).permutation(len(rows))]
+        return rows[np.random.default_rng([self.seed, epoch, w, *self.key]).permutation(len(rows))]
 
     def _stream(self) -> Iterator[np.ndarray]:
         """Row blocks from the current position on, forever (epoch after epoch)."""
@@ -96,6 +102,24 @@ class ShuffledReader:
                 yield torch.from_numpy(batch[self.part].astype(np.float32))
         finally:
             stop.set()
+
+
+def batches(acts: VerifiedArray, start_row: int, stop_row: int, batch_size: int, seed: int, window_chunks: int,
+            position: int, lanes: int = 1, rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
+    """This rank's rows of every global batch of `batch_size`, from row `position` of the sequence on.
+
+    With `lanes` = 1 the global batch comes from one shuffled stream; every rank reads all of it
+    and keeps its part. With `lanes` L > 1 it is the concatenation of L independent streams over
+    disjoint chunks (batch_size / L rows each), and rank r of N reads only its L / N lanes. Either
+    way the global batches depend on (seed, lanes), never on the number of ranks.
+    """
+    if lanes == 1:
+        part = slice(batch_size * rank // world_size, batch_size * (rank + 1) // world_size)
+        return iter(ShuffledReader(acts, start_row, stop_row, batch_size, seed, window_chunks, position, part))
+    readers = [iter(ShuffledReader(acts, start_row, stop_row, batch_size // lanes, seed, window_chunks,
+                                   position // lanes, lane=(lane, lanes)))
+               for lane in range(lanes * rank // world_size, lanes * (rank + 1) // world_size)]
+    return (torch.cat([next(r) for r in readers]) for _ in iter(int, 1))
 
 
 def random_rows(acts: VerifiedArray, start_row: int, stop_row: int, n: int, generator: torch.Generator) -> torch.Tensor:
