@@ -18,7 +18,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as stages/cache_activatio
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from monosemantic.activations import Layout, cache_activations
 from monosemantic.compute import DTYPES, Compute
 from monosemantic.model import Transformer, TransformerConfig, load_model
 from monosemantic.model.hooks import capture
+from sae_step import device_or_exit, device_spec  # noqa: E402  (benchmarks/ is on sys.path)
 
 
 def subject(model_dir: Path, n_seq: int):
@@ -45,31 +45,6 @@ def subject(model_dir: Path, n_seq: int):
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(vocab_size=4096, ctx=128)).eval()
     return model, np.random.default_rng(0).integers(0, 4096, (n_seq, 128), dtype=np.int32), "random-init"
-
-
-def device_spec(spec: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec):
-        raise argparse.ArgumentTypeError(f"{spec!r} is not auto, cpu, cuda or cuda:N")
-    return spec
-
-
-def device_or_exit(spec: str, precision: str) -> torch.device:
-    """--device as a torch.device, or one line on stderr and exit status 2 if this machine lacks it."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
-    problem = None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        problem = (f"--device {spec} needs CUDA, and this machine has none (torch {torch.__version__}, "
-                   f"CUDA build {torch.version.cuda}); use --device cpu or auto")
-    elif device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        problem = f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here"
-    elif device.type == "cpu" and precision == "fp16":
-        problem = "--precision fp16 needs a GPU (CPU autocast supports bf16); use bf16 or fp32"
-    if problem:
-        print(f"{Path(sys.argv[0]).name}: error: {problem}", file=sys.stderr)
-        sys.exit(2)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def run_cache(model, tokens, out: Path, layout: Layout, batch_seqs: int, compute: Compute) -> dict:

@@ -33,7 +33,8 @@ import torch
 import zarr
 
 from monosemantic.activations.reader import ShuffledReader
-from monosemantic.compute import DTYPES, Compute
+from monosemantic.compute import DTYPES, Compute, resolve_device
+from monosemantic.errors import UserError
 from monosemantic.sae.model import SparseAutoencoder, geometric_median
 from monosemantic.sae.trainer import TrainConfig, adam, train_sae, train_step
 
@@ -46,17 +47,10 @@ def device_spec(spec: str) -> str:
 
 def device_or_exit(spec: str, precision: str) -> torch.device:
     """--device as a torch.device, or one line on stderr and exit status 2 if this machine lacks it."""
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
-    problem = None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        problem = (f"--device {spec} needs CUDA, and this machine has none (torch {torch.__version__}, "
-                   f"CUDA build {torch.version.cuda}); use --device cpu or auto")
-    elif device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        problem = f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) here"
-    elif device.type == "cpu" and precision == "fp16":
-        problem = "--precision fp16 needs a GPU (CPU autocast supports bf16); use bf16 or fp32"
-    if problem:
-        print(f"{Path(sys.argv[0]).name}: error: {problem}", file=sys.stderr)
+    try:
+        device = resolve_device(spec, precision, where="--")
+    except UserError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
         sys.exit(2)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     stage, args = argv[0], argv[1:]
     try:
         compute = load_params().compute
-        resolve_device(compute.device)  # before any process starts
+        resolve_device(compute.device, compute.precision)  # before any process starts
     except UserError as e:
         print(f"error in stage {'@'.join([stage, *args])}: {e}", file=sys.stderr)
         return 2

@@ -151,14 +151,20 @@ def _runs(work: Path) -> dict[str, list[str]]:
     return out
 
 
-def test_a_killed_stage_leaves_no_run_running(repo, tmp_path):
-    work = clone_repo(repo, tmp_path / "r")
+def _training_with_its_run_open(work: Path) -> subprocess.Popen:
+    """A long train_sae@128, returned once its MLflow run is RUNNING."""
     set_params(work, lambda r: r["sae"]["train"].update(steps=3000))
     proc = subprocess.Popen([sys.executable, "-m", "stages.train_sae", "128"], cwd=work, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while "RUNNING" not in _runs(work).get("train_sae@128", []) and time.time() < deadline:
         time.sleep(0.2)
+    return proc
+
+
+def test_a_killed_stage_leaves_no_run_running(repo, tmp_path):
+    work = clone_repo(repo, tmp_path / "r")
+    proc = _training_with_its_run_open(work)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert "RUNNING" in _runs(work)["train_sae@128"]
@@ -168,15 +174,10 @@ def test_a_killed_stage_leaves_no_run_running(repo, tmp_path):
 
 def test_sigterm_ends_the_run_killed(repo, tmp_path):
     work = clone_repo(repo, tmp_path / "r")
-    set_params(work, lambda r: r["sae"]["train"].update(steps=3000))
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train_sae", "128"], cwd=work, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while "RUNNING" not in _runs(work).get("train_sae@128", []) and time.time() < deadline:
-        time.sleep(0.2)
+    proc = _training_with_its_run_open(work)
     proc.terminate()
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "RUNNING" not in _runs(work)["train_sae@128"]
+    proc.wait(timeout=60)
+    assert proc.returncode == 130 and "RUNNING" not in _runs(work)["train_sae@128"]
     assert "KILLED" in _runs(work)["train_sae@128"]
 
 

@@ -22,21 +22,21 @@ from monosemantic.errors import UserError
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(spec: str) -> torch.device:
-    """`auto` is CUDA when present, else CPU; anything asked for must exist, or the stage stops here."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"compute.device is {spec!r} but this machine has no usable CUDA device "
-                            f"(torch {torch.__version__}, cuda {torch.version.cuda}); set compute.device: cpu "
-                            "(or auto), or install a CUDA build of torch")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"compute.device is {spec!r} but only {torch.cuda.device_count()} CUDA device(s) "
-                            f"exist; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or cuda (one per rank)")
+def resolve_device(spec: str, precision: str = "fp32", where: str = "compute.") -> torch.device:
+    """`auto` is CUDA when present, else CPU; anything asked for must exist, or the stage stops here.
+    `where` prefixes the key names in messages (a benchmark's flags are --device / --precision)."""
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{where}device is {spec!r} but this machine has no usable CUDA device "
+                        f"(torch {torch.__version__}, cuda {torch.version.cuda}); use {where}device cpu "
+                        "(or auto), or install a CUDA build of torch")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"{where}device is {spec!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                        f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}, or cuda (one per rank)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"compute.device is {spec!r} but MPS is not available here; set compute.device: cpu or auto")
+        raise UserError(f"{where}device is {spec!r} but MPS is not available here; use {where}device cpu or auto")
+    if device.type == "cpu" and precision == "fp16":
+        raise UserError(f"{where}precision fp16 needs a GPU (CPU autocast supports bf16); use bf16 or fp32")
     return device
 
 
@@ -131,15 +131,13 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
     with an error instead of leaving the others waiting forever.
     """
     rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
-    dev = resolve_device(device)
+    dev = resolve_device(device, precision)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local % torch.cuda.device_count())  # one GPU per rank on a node
     if threads:
         torch.set_num_threads(threads)
     elif world > 1 and dev.type == "cpu":  # ranks on one host share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // _env_int("LOCAL_WORLD_SIZE", world)))
-    if precision != "fp32" and dev.type == "cpu" and precision == "fp16":
-        raise UserError("compute.precision fp16 needs a GPU (CPU autocast supports bf16); use bf16 or fp32")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1:
