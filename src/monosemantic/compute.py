@@ -97,11 +97,6 @@ class Compute:
             g.copy_(piece.view_as(g))
         return [piece.view_as(t) for t, piece in zip(terms, pieces[len(grads):])]
 
-    def max_(self, t: torch.Tensor) -> torch.Tensor:
-        if self.distributed:
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        return t
-
     def sum_(self, t: torch.Tensor) -> torch.Tensor:
         if self.distributed:
             torch.distributed.all_reduce(t)
