@@ -192,3 +192,14 @@ def test_our_shard_files_are_the_bytes_zarr_python_writes(tmp_path, compressor, 
     shards = [k for k in ref_files if k.name != "zarr.json"]
     assert shards and all(ours_files[k] == ref_files[k] for k in shards if k.parts[0] in ("acts", "tokens"))
     assert (open_store(ours).acts[:] == acts).all()
+
+
+def test_rank_0_waiting_for_shards_that_never_come_ends_in_an_error(tmp_path):
+    """A rank on another node died unseen: rank 0's wait for its shards stops, naming them."""
+    from monosemantic.activations.store import _Progress, _wait_for
+
+    progress = _Progress(tmp_path / "a.zarr")
+    progress.reset()
+    progress.add(0, 1.0)
+    with pytest.raises(UserError, match=r"still missing: \[1, 2\]"):
+        _wait_for(progress, 3, True, stall_s=0.5, poll_s=0.05)

@@ -47,6 +47,7 @@ class Compute:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    timeout_s: float = 600.0  # how long a rank waits for the others (collectives, the cache's last shards)
 
     @property
     def is_main(self) -> bool:
@@ -140,7 +141,7 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
         torch.distributed.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s),
                                              device_id=dev if dev.type == "cuda" else None)
     try:
-        yield Compute(dev, precision, rank, world, local)
+        yield Compute(dev, precision, rank, world, local, timeout_s)
     finally:
         if world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -248,7 +248,7 @@ def cache_activations(
         raise failure[0]
     if not compute.is_main:
         return {"complete": None}
-    done = _wait_for(progress, n_shards, stop_after_shards is None)
+    done = _wait_for(progress, n_shards, stop_after_shards is None, compute.timeout_s)
     elapsed = time.perf_counter() - t0
     if len(done) < n_shards:
         return {"complete": False, "shards_done": len(done)}
@@ -275,13 +275,22 @@ def cache_activations(
     return stats
 
 
-def _wait_for(progress: _Progress, n_shards: int, all_ranks: bool, poll_s: float = 0.2) -> dict[int, float]:
-    """The finished shards, once every rank has written its own (torchrun stops us if a rank dies).
-    The file system, not a collective: ranks finish at different times, however long that takes."""
-    done = progress.done()
+def _wait_for(progress: _Progress, n_shards: int, all_ranks: bool, stall_s: float = 600.0,
+              poll_s: float = 0.2) -> dict[int, float]:
+    """The finished shards, once every rank has written its own. The file system, not a collective:
+    ranks finish at different times, however long that takes, but a wait in which no shard at all
+    appears for `stall_s` (a rank on another node died unseen) ends in an error, never a hang."""
+    done, last_change = progress.done(), time.monotonic()
     while all_ranks and len(done) < n_shards:
         time.sleep(poll_s)
-        done = progress.done()
+        now = progress.done()
+        if len(now) > len(done):
+            last_change = time.monotonic()
+        elif time.monotonic() - last_change > stall_s:
+            missing = sorted(set(range(n_shards)) - set(now))
+            raise UserError(f"no activation shard was finished for {stall_s:.0f} s; still missing: {missing[:10]} "
+                            f"(shard k is rank k mod world size's). A rank died? Re-run to resume")
+        done = now
     return done
 
 
