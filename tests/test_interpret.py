@@ -1,4 +1,5 @@
-"""Automated interpretability: the baseline explainer, the streaming scan, proxies, logit effects, scores."""
+"""Automated interpretability: the baseline explainer, the streaming scan, the held-out scoring set, proxies,
+logit effects, scores."""
 
 import numpy as np
 import polars as pl
@@ -8,16 +9,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from monosemantic.errors import UserError
 from monosemantic.interpret import Baseline
+from monosemantic.interpret.dictionary import _fuzz_set
 from monosemantic.interpret.logits import logit_effects, top_effects
 from monosemantic.interpret.proxies import detector, token_labels
-from monosemantic.interpret.sampling import GROUPS, scan
-from monosemantic.interpret.scoring import bootstrap_difference, pearson, spearman
+from monosemantic.interpret.sampling import GROUPS, context_sides, scan
+from monosemantic.interpret.scoring import bootstrap_difference, classification, pearson, quantise, spearman
 from monosemantic.model import Transformer, TransformerConfig
 from monosemantic.params import InterpretParams, Proxy
 
-VOCAB = [f"w{i}" for i in range(40)] + ["Alpha", " beta"]
-A, B = 40, 41
+VOCAB = [f"w{i}" for i in range(40)] + ["Alpha", " beta", "<|endoftext|>"]
+A, B, SEP = 40, 41, 42
 
 
 def windows(rng, n, width=29, plant=0.0):
@@ -136,7 +139,17 @@ def _params(**kw):
                               "window_after": 2, "histogram_bins": 5, "min_contexts": 1, **kw})
 
 
-@settings(max_examples=25)
+def _identity(x, units):
+    return x if units is None else x[:, units]
+
+
+def _interval(cmax, peak, n):
+    """The interval of a context maximum, in float32 as the scan computes it."""
+    step = np.float32(peak) / np.float32(n)
+    return np.clip(np.ceil(np.float32(cmax) / step), 1, n).astype(int)
+
+
+@settings(max_examples=25, deadline=None)
 @given(n_ctx=st.integers(4, 30), ctx=st.integers(6, 16), d=st.integers(1, 6), density=st.floats(0.05, 0.9),
        batch=st.integers(6, 200), seed=st.integers(0, 1000))
 def test_scan_statistics_and_windows_match_brute_force(n_ctx, ctx, d, density, batch, seed):
@@ -144,34 +157,120 @@ def test_scan_statistics_and_windows_match_brute_force(n_ctx, ctx, d, density, b
     acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < density)).astype(np.float16)
     tokens = rng.integers(0, 30, n_ctx * ctx).astype(np.int32)
     labels = np.stack([tokens < 10, tokens % 2 == 0], 1)
+    sides = rng.integers(-1, 2, n_ctx).astype(np.int8)
     pad = np.zeros((7, d), dtype=np.float16)  # rows before the scanned ones: read from first_row on
     p = _params(batch_tokens=batch, seed=seed)
-    s = scan(np.concatenate([pad, acts]), 7, tokens, ctx, lambda x, u: x if u is None else x[:, u], d,
+    s = scan(np.concatenate([pad, acts]), 7, tokens, ctx, sides, _identity, d,
              lambda active: np.flatnonzero(active.min(0) >= 1), labels, p)
     a = acts.astype(np.float32)
     np.testing.assert_allclose(s.density, (a > 0).mean(0))
     np.testing.assert_allclose(s.max, a.max(0))
     np.testing.assert_allclose(s.mean, a.mean(0), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(s.true_positives, ((a > 0)[:, :, None] & labels[:, None, :]).sum(0))
+    per_ctx = a.reshape(n_ctx, ctx, d).max(1)
+    np.testing.assert_array_equal(s.active_contexts, [((per_ctx > 0) & (sides == k)[:, None]).sum(0) for k in (0, 1)])
     ex = s.examples
-    # Every window holds the true activations of its unit over its tokens.
+    # Every window holds the true activations of its unit over its tokens, from a context of its side.
     for e in range(len(ex.unit)):
         rows = ex.context[e] * ctx + ex.start[e] + np.arange(ex.tokens.shape[1])
         np.testing.assert_array_equal(ex.acts[e], a[rows, ex.unit[e]])
         np.testing.assert_array_equal(ex.tokens[e], tokens[rows])
         assert ex.before[e] == (tokens[rows[0] - 1] if ex.start[e] > 0 else -1)
+        assert sides[ex.context[e]] == ex.split[e]
     for u in s.interpreted:
         mine = ex.unit == u
-        train, held = set(ex.context[mine & (ex.split == 0)]), set(ex.context[mine & (ex.split == 1)])
-        assert not train & held  # explainer and scoring examples never share a context
-        # "top" examples are the contexts with the largest maxima on their side, centred on the max.
-        per_ctx = a[:, u].reshape(n_ctx, ctx).max(1)
-        top = mine & (ex.group == GROUPS.index("top")) & (ex.split == 0)
-        got = np.sort(per_ctx[ex.context[top]])[::-1]
-        assert (got > 0).all() and len(got) <= 3
-        centre = ex.acts[top, ex.center[top]] if top.any() else np.zeros(0)
-        np.testing.assert_array_equal(np.sort(centre)[::-1], got)
         assert s.histograms[list(s.interpreted).index(u)].sum() == (a[:, u] > 0).sum()
+        for side in (0, 1):
+            here = mine & (ex.split == side)
+            # "top" examples are the contexts with the largest maxima on their side, centred on the max.
+            top = here & (ex.group == GROUPS.index("top"))
+            got = np.sort(per_ctx[ex.context[top], u])[::-1]
+            best = np.sort(per_ctx[(sides == side) & (per_ctx[:, u] > 0), u])[::-1][:3]
+            np.testing.assert_array_equal(got, best)
+            np.testing.assert_array_equal(np.sort(ex.acts[top, ex.center[top]])[::-1], got)
+            # Every interval gets its examples where it has contexts the unit does not already show.
+            shown = set(ex.context[here & np.isin(ex.group, [GROUPS.index("top"), GROUPS.index("token")])])
+            free = [c for c in np.flatnonzero((sides == side) & (per_ctx[:, u] > 0)) if c not in shown]
+            free_interval = _interval(per_ctx[free, u], s.max[u], 3)
+            picked = here & (ex.group == GROUPS.index("interval"))
+            assert set(ex.context[picked]) <= set(free)
+            for b in (1, 2, 3):
+                in_b = picked & (ex.interval == b)
+                assert in_b.sum() == min(1, (free_interval == b).sum())
+                np.testing.assert_array_equal(_interval(per_ctx[ex.context[in_b], u], s.max[u], 3), b)
+                np.testing.assert_array_equal(ex.acts[in_b, ex.center[in_b]], per_ctx[ex.context[in_b], u])
+            assert (ex.group[here] == GROUPS.index("random")).sum() == min(2, (sides == side).sum())
+
+
+def test_intervals_cover_a_skewed_unit():
+    """Most contexts of a skewed unit peak low and a few high: every interval with contexts still gets
+    its examples, on each side (from one uniform pool, the upper intervals came out empty)."""
+    rng = np.random.default_rng(5)
+    n_ctx, ctx = 400, 8
+    high = [1.0, 0.95, 0.85, 0.75, 0.66, 0.65, 0.55]  # the first is the top example; intervals 6-10
+    peaks = rng.uniform(0.01, 0.09, n_ctx)
+    peaks[: 2 * len(high)] = np.repeat(high, 2)
+    acts = np.zeros((n_ctx, ctx, 1), dtype=np.float32)
+    acts[np.arange(n_ctx), rng.integers(0, ctx, n_ctx), 0] = peaks
+    sides = (np.arange(n_ctx) % 2).astype(np.int8)
+    p = _params(top_examples=1, intervals=10, interval_examples=2, top_tokens=0)
+    s = scan(acts.reshape(-1, 1), 0, rng.integers(0, 30, n_ctx * ctx).astype(np.int32), ctx, sides, _identity, 1,
+             lambda active: np.array([0]), np.zeros((n_ctx * ctx, 0), dtype=bool), p)
+    ex = s.examples
+    for side in (0, 1):
+        got = np.bincount(ex.interval[(ex.split == side) & (ex.group == GROUPS.index("interval"))], minlength=11)[1:]
+        np.testing.assert_array_equal(got, [2, 0, 0, 0, 0, 1, 2, 1, 1, 1])
+
+
+def _documents(tokens, sep):
+    """Each token's document, the slow way."""
+    out, doc = [], 0
+    for t in tokens:
+        out.append(doc)
+        doc += t == sep
+    return np.array(out)
+
+
+def test_documents_never_land_on_both_sides():
+    """Documents much longer than a context (a code file, a base64 blob) and much shorter ones: every
+    context used on a side holds only that side's documents."""
+    rng = np.random.default_rng(6)
+    lengths = np.where(rng.random(300) < 0.2, rng.integers(100, 400, 300), rng.integers(1, 12, 300))
+    tokens = np.concatenate([np.r_[rng.integers(0, 40, n), SEP] for n in lengths]).astype(np.int32)
+    ctx = 16
+    n_ctx = len(tokens) // ctx
+    tokens = tokens[: n_ctx * ctx]
+    p = _params(split_block_contexts=4, min_contexts=2, batch_tokens=2048)
+    sides, n_docs = context_sides(tokens, ctx, SEP, p)
+    doc = _documents(tokens, SEP).reshape(n_ctx, ctx)
+    assert n_docs == doc.max() + 1
+    acts = (rng.random((n_ctx * ctx, 3)) < 0.1).astype(np.float32)
+    s = scan(acts, 0, tokens, ctx, sides, _identity, 3, lambda active: np.arange(3),
+             np.zeros((len(tokens), 0), dtype=bool), p)
+    ex = s.examples
+    seen = [set(doc[ex.context[ex.split == side]].ravel()) for side in (0, 1)]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    every = [set(doc[sides == side].ravel()) for side in (0, 1)]
+    assert not every[0] & every[1]
+    # A side changes at most once a block, and only the context holding the change is lost.
+    assert (sides == -1).sum() <= n_ctx / p.split_block_contexts + 1 and 0.3 < (sides == 1).mean() < 0.7
+    with pytest.raises(UserError, match="one document"):
+        context_sides(np.zeros(64, dtype=np.int32), ctx, SEP, p)
+
+
+def test_classification_scores_match_their_definitions():
+    rng = np.random.default_rng(7)
+    truth, score = rng.random(200) < 0.3, rng.integers(0, 4, 200).astype(float)  # ties in the score
+    r = classification(truth, score >= 2, score)
+    assert r["auc"] == pytest.approx(stats.mannwhitneyu(score[truth], score[~truth]).statistic
+                                     / (truth.sum() * (~truth).sum()))
+    yes = score >= 2
+    tp, fp, fn, tn = (truth & yes).sum(), (~truth & yes).sum(), (truth & ~yes).sum(), (~truth & ~yes).sum()
+    assert r["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert r["balanced_accuracy"] == pytest.approx((tp / (tp + fn) + tn / (tn + fp)) / 2)
+    assert classification(truth, truth, truth.astype(float)) == {"balanced_accuracy": 1.0, "f1": 1.0, "auc": 1.0}
+    assert classification(np.ones(5, bool), np.ones(5, bool), np.ones(5))["auc"] is None  # one class only
+    np.testing.assert_array_equal(quantise(np.array([0, 0.04, 0.05, 0.5, 1.0, 1.2]), 1.0), [0, 0, 0, 5, 10, 10])
 
 
 class _FlakyBackend(Baseline):
@@ -189,11 +288,12 @@ def test_interpret_dictionary_records_a_failed_explanation_and_scores_the_rest()
     rng = np.random.default_rng(0)
     n_ctx, ctx, d = 60, 16, 8
     tokens = rng.integers(0, 42, n_ctx * ctx).astype(np.int32)
+    tokens[rng.random(len(tokens)) < 0.03] = SEP
     acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
-    acts[tokens == A, 0] = 3.0  # neuron 0 fires on "Alpha"
-    model = Transformer(TransformerConfig(vocab_size=42, ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
+    acts[:, 0] = (tokens == A) * 3.0  # neuron 0 fires on "Alpha", only
+    model = Transformer(TransformerConfig(vocab_size=len(VOCAB), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
     sae = SparseAutoencoder(d, 12)
-    p = _params(features=5, min_contexts=2)
+    p = _params(features=5, min_contexts=2, split_block_contexts=2)
     alpha = {"alpha": detector(Proxy(name="alpha", regex="Alpha"))}
     r = interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB, alpha, _FlakyBackend(VOCAB), p)
     done = r.features.filter(pl.col("interpreted"))
@@ -204,5 +304,56 @@ def test_interpret_dictionary_records_a_failed_explanation_and_scores_the_rest()
     neuron0 = r.features.filter((pl.col("kind") == "neuron") & (pl.col("index") == 0)).row(0, named=True)
     assert neuron0["best_proxy"] == "alpha" and neuron0["best_proxy_recall"] == 1.0
     assert '"Alpha"' in neuron0["explanation"] and neuron0["score_pearson"] > 0.5
+    assert neuron0["detection_balanced_accuracy"] > 0.8 and neuron0["fuzzing_balanced_accuracy"] > 0.8
+    assert neuron0["score_token_pearson"] is not None  # the top tokens in other contexts are scored too
     assert r.metrics["features"]["failed"] == 1 and r.metrics["features"]["interpreted"] == 5
     assert r.metrics["proxies"]["alpha"]["neuron"] == 0
+    for kind in ("features", "neurons"):
+        assert {"mean_spearman", "mean_detection_balanced_accuracy", "mean_detection_f1", "mean_detection_auc",
+                "mean_fuzzing_balanced_accuracy", "mean_fuzzing_f1", "mean_fuzzing_auc"} <= set(r.metrics[kind])
+    assert r.metrics["split"]["documents"] == (tokens == SEP).sum() + 1
+    held = r.examples.filter(pl.col("split") == "heldout")
+    assert set(held["group"]) == {"top", "interval", "random", "token"}
+    with pytest.raises(UserError, match="separator"):
+        interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB[:-1] + ["x"], {}, Baseline(VOCAB), p)
+
+
+def _planted(rng, n, token, width=29):
+    """Windows of random tokens, `token` planted in about half; the unit fires on it (8 of 10)."""
+    tokens, before = windows(rng, n, width)
+    tokens[rng.random(n) < 0.5, rng.integers(0, width)] = token
+    return tokens, before, (tokens == token) * 8.0
+
+
+def test_detection_and_fuzzing_score_a_right_explanation_high_and_a_wrong_one_at_chance():
+    rng = np.random.default_rng(8)
+    base = Baseline(VOCAB)
+    right = base.explain(*_planted(rng, 60, A))
+    wrong = base.explain(*_planted(rng, 60, 7))  # an explanation of another unit
+    tokens, before, acts = _planted(rng, 400, A)
+    truth10 = quantise(acts, 8.0)
+    rows, marked, correct = _fuzz_set(truth10, rng)
+    assert 0.4 < correct.mean() < 0.6 and (marked.sum(1) == (truth10[rows] >= 1).sum(1)).all()
+    scores = {}
+    for name, e in (("right", right), ("wrong", wrong)):
+        [detection] = base.detect_all([(e, tokens, before)])
+        [fuzzing] = base.fuzz_all([(e, tokens[rows], before[rows], marked)])
+        scores[name] = (classification(truth10.max(1) >= 1, *detection), classification(correct, *fuzzing))
+    for task in scores["right"]:
+        assert task["balanced_accuracy"] > 0.95 and task["f1"] > 0.95 and task["auc"] > 0.95, scores
+    for task in scores["wrong"]:
+        assert abs(task["balanced_accuracy"] - 0.5) < 0.1 and abs(task["auc"] - 0.5) < 0.1, scores
+
+
+def test_baseline_scores_do_not_depend_on_window_order():
+    rng = np.random.default_rng(9)
+    base = Baseline(VOCAB)
+    explanation = base.explain(*_planted(rng, 60, A))
+    tokens, before, acts = _planted(rng, 50, A)
+    order = rng.permutation(50)
+    sim = base.simulate(explanation.form, tokens, before)
+    shuffled = base.simulate(explanation.form, tokens[order], before[order])
+    assert pearson(shuffled, acts[order]) == pytest.approx(pearson(sim, acts))
+    assert spearman(shuffled, acts[order]) == pytest.approx(spearman(sim, acts))
+    [plain, permuted] = base.detect_all([(explanation, tokens, before), (explanation, tokens[order], before[order])])
+    np.testing.assert_array_equal(permuted[1], plain[1][order])

@@ -1,6 +1,7 @@
 """The OpenAI-compatible backend against a small chat-completions server started on 127.0.0.1."""
 
 import json
+import re
 import secrets
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+import polars as pl
 import pytest
 
 from monosemantic.interpret import Explanation
@@ -64,12 +66,25 @@ class FakeChat:
 
     @staticmethod
     def answer(messages) -> str:
+        """A neuron for digits: it explains so, simulates 10 on tokens with a digit, detects excerpts with
+        one, and takes a highlight as right when every marked span has one."""
         user = messages[-1]["content"]
         if "Excerpts" not in user:
             return "digits and capital letters, as in encoded data"
+        if "JSON list of strings" in user:
+            texts = json.loads(user.split("JSON list of strings:\n", 1)[1].split("\n\nReply", 1)[0])
+            if "marked" in user:
+                answers = [10 if all(map(_digit, re.findall("<<(.*?)>>", t))) else 0 for t in texts]
+            else:
+                answers = [10 if _digit(t) else 0 for t in texts]
+            return json.dumps({"answers": answers})
         excerpts = json.loads(user.split("JSON list of tokens:\n", 1)[1].split("\n\nReply", 1)[0])
-        acts = [[10 if any(c.isdigit() for c in t) else 0 for t in row] for row in excerpts]
+        acts = [[10 if _digit(t) else 0 for t in row] for row in excerpts]
         return "```json\n" + json.dumps({"activations": acts}) + "\n```"
+
+
+def _digit(text: str) -> bool:
+    return any(c.isdigit() for c in text)
 
 
 @pytest.fixture
@@ -103,6 +118,64 @@ def test_explain_and_simulate_then_the_cache_answers(chat, tmp_path):
     again = LLMBackend(client(chat, tmp_path), STRINGS)  # a re-run: every reply comes from the cache
     assert again.explain_all([job])[0] == explanation and len(chat.requests) == 2
     assert again.client.calls == 0
+
+
+def test_detection_and_fuzzing_ask_for_one_answer_per_excerpt(chat, tmp_path):
+    backend = LLMBackend(client(chat, tmp_path), STRINGS)
+    explanation = Explanation("digits")
+    [(detected, score)] = backend.detect_all([(explanation, TOKENS, None)])
+    assert detected.tolist() == [True, True] and score.tolist() == [1.0, 1.0]
+    marked = np.array([[False, True, False, True], [True, False, False, False]])
+    [(right, _)] = backend.fuzz_all([(explanation, TOKENS, None, marked)])
+    assert right.tolist() == [True, False]
+    prompt = chat.requests[-1]["body"]["messages"][1]["content"]
+    assert '["a<<7>>b<<Q9>>", "<< x>> x7a"]' in prompt  # runs of marked tokens inside << >>
+    chat.script = ["garbage"] * 3
+    [failed] = backend.detect_all([(Explanation("other"), TOKENS, None)])
+    assert isinstance(failed, str) and "malformed reply" in failed
+
+
+def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat, tmp_path):
+    """Ranked best first, a simulator could score from the order alone; shuffled, the top window is first
+    no more often than chance and position does not follow activation."""
+    from scipy import stats
+
+    from monosemantic.interpret import interpret_dictionary
+    from monosemantic.model import Transformer, TransformerConfig
+    from monosemantic.params import InterpretParams
+    from monosemantic.sae.model import SparseAutoencoder
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    strings = [f"w{i}" for i in range(30)] + [f"{i}0" for i in range(10)] + ["<|endoftext|>"]
+    n_ctx, ctx, d = 80, 16, 6
+    tokens = rng.integers(0, 40, n_ctx * ctx).astype(np.int32)
+    tokens[rng.random(len(tokens)) < 0.03] = 40
+    acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.2)).astype(np.float16)
+    model = Transformer(TransformerConfig(vocab_size=len(strings), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
+    p = InterpretParams(batch_tokens=256, top_examples=4, intervals=3, interval_examples=1, random_examples=3,
+                        top_tokens=1, token_contexts=1, window_before=3, window_after=2, histogram_bins=5,
+                        min_contexts=2, features=3, split_block_contexts=2)
+    r = interpret_dictionary(acts, 0, tokens, ctx, SparseAutoencoder(d, 8), model, strings, {},
+                             LLMBackend(client(chat, tmp_path), strings), p)
+    held = r.examples.filter(pl.col("split") == "heldout")
+    peak = {}  # unit -> {window: its max activation}
+    for row in held.iter_rows(named=True):
+        peak.setdefault((row["kind"], row["index"]), {})[tuple(row["tokens"])] = max(row["acts"])
+    first, rhos = [], []
+    for request in chat.requests:
+        user = request["body"]["messages"][-1]["content"]
+        if "JSON list of tokens" not in user:
+            continue
+        shown = [tuple(w) for w in json.loads(user.split("JSON list of tokens:\n", 1)[1].split("\n\nReply", 1)[0])]
+        [unit] = [u for u, windows in peak.items() if set(windows) == set(shown)]
+        maxima = [peak[unit][w] for w in shown]
+        first.append(maxima[0] == max(maxima))
+        rhos.append(stats.spearmanr(np.arange(len(maxima)), maxima)[0])
+    assert len(first) >= 2 * (d - 1)  # each unit's own simulation and a control's
+    assert np.mean(first) < 0.5 and abs(np.nanmean(rhos)) < 0.25, (first, rhos)
+    assert r.metrics["neurons"]["mean_detection_balanced_accuracy"] is not None
 
 
 def test_a_timeout_is_retried(chat, tmp_path):

@@ -343,13 +343,16 @@ class InterpretParams(_Section):
     neurons: bool = Field(True, description="explain every MLP neuron too, for the features-vs-neurons comparison")
     min_contexts: int = Field(5, ge=1, description="a unit needs this many activating contexts on each side "
                                                    "(explain / held out) to be explained")
-    heldout_fraction: float = Field(0.5, gt=0, lt=1, description="contexts whose examples are kept for scoring")
+    heldout_fraction: float = Field(0.5, gt=0, lt=1, description="documents whose examples are kept for scoring")
+    split_block_contexts: int = Field(8, ge=1, description="documents starting within one block of this many "
+                                                           "contexts go to the same side; the context where the "
+                                                           "side changes is used on neither")
     window_before: int = Field(20, ge=0)
     window_after: int = Field(8, ge=0)
     top_examples: int = Field(10, ge=1)
     intervals: int = Field(10, ge=1, description="equal-width activation intervals, as in the paper")
     interval_examples: int = Field(2, ge=0, description="examples per interval")
-    random_examples: int = Field(5, ge=0)
+    random_examples: int = Field(10, ge=0, description="random contexts per side, as in the paper")
     top_tokens: int = Field(3, ge=0, description="the unit's top tokens, each shown in other contexts")
     token_contexts: int = Field(2, ge=0, description="other contexts per top token")
     histogram_bins: int = Field(30, ge=2, le=1000)

@@ -5,7 +5,9 @@ hypothesis — the current token, the token before it, the pair, the token's sha
 character classes it is made of), and two combinations — as lookup tables of mean activation.
 It keeps the kind that predicts best across two halves of its examples (fit on one, test on the
 other), so a table that only memorises does not win. The explanation is that table written as
-a sentence plus the table itself; the simulator predicts from the table alone.
+a sentence plus the table itself; the simulator predicts from the table alone, and so do the
+judges of detection and fuzzing: an excerpt holds the pattern where the table applies in it, and a
+highlight is right where the table applies to most of its tokens.
 """
 
 from __future__ import annotations
@@ -58,6 +60,25 @@ class Baseline:
 
     def simulate_all(self, jobs: list[tuple[Explanation, np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         return [self.simulate(e.form, tokens, before) for e, tokens, before in jobs]
+
+    def detect_all(self, jobs: list[tuple[Explanation, np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per excerpt: does the unit activate in it, and the largest value the table predicts there."""
+        out = []
+        for e, tokens, before in jobs:
+            peak = self.simulate(e.form, tokens, before).max(1)
+            out.append((peak > 0, peak))
+        return out
+
+    def fuzz_all(self, jobs: list[tuple[Explanation, np.ndarray, np.ndarray, np.ndarray]]
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per excerpt: are the highlighted tokens (``marked [E, W]``) the unit's, and the share of them the
+        table predicts."""
+        out = []
+        for e, tokens, before, marked in jobs:
+            hit = self.simulate(e.form, tokens, before) > 0
+            share = (hit & marked).sum(1) / np.maximum(marked.sum(1), 1)
+            out.append((share >= 0.5, share))
+        return out
 
     def explain(self, tokens: np.ndarray, before: np.ndarray, acts10: np.ndarray) -> Explanation:
         keys = self.keys(tokens, before)

@@ -1,7 +1,11 @@
 """Interpret one dictionary: sample, explain, simulate, score, and test the hypothesis proxies.
 
 Its features and the subject model's MLP neurons go through the same protocol, so the two can
-be compared (the paper's headline: features are more interpretable than neurons).
+be compared (the paper's headline: features are more interpretable than neurons). Every score is
+earned on held-out documents, shown in a seeded random order: simulation (Pearson on the true
+activations, Spearman on them quantised to 0-10 as the paper reports), detection (does the
+explanation tell activating excerpts from the others) and fuzzing (does it tell the activating
+tokens from others highlighted in their place), the last two after EleutherAI's delphi.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import polars as pl
 import torch
 from torch import nn
 
+from monosemantic.errors import UserError
 from monosemantic.interpret.baseline import Explanation
 from monosemantic.interpret.logits import logit_effects, top_effects
 from monosemantic.interpret.proxies import Detector, token_labels
-from monosemantic.interpret.sampling import GROUPS, SPLITS, Scan, scan
-from monosemantic.interpret.scoring import bootstrap_difference, pearson, spearman, summarize
+from monosemantic.interpret.sampling import GROUPS, SPLITS, Scan, context_sides, scan
+from monosemantic.interpret.scoring import bootstrap_difference, classification, pearson, quantise, spearman, summarize
 from monosemantic.params import InterpretParams
 from monosemantic.compute import Compute
 from monosemantic.sae.model import SparseAutoencoder
@@ -35,10 +40,12 @@ class Result:
 
 def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: SparseAutoencoder, model: nn.Module,
                          strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams,
-                         compute: Compute = Compute()) -> Result:
-    """Scan `tokens` (whole contexts) and their activations ``acts[first_row:]``; `strings` is each token
-    id's text, `backend` a Baseline or an LLMBackend. The encoding runs on `compute`'s device; the
-    statistics over its output, on the CPU."""
+                         compute: Compute = Compute(), separator: int | None = None) -> Result:
+    """Scan `tokens` (whole contexts, consecutive in the packed stream) and their activations
+    ``acts[first_row:]``; `strings` is each token id's text, `backend` a Baseline or an LLMBackend,
+    `separator` the id of the token that ends each document (tokenizer.separator; None: the token
+    whose text is "<|endoftext|>"). The encoding runs on `compute`'s device; the statistics over its
+    output, on the CPU."""
     n_feat, d = sae.d_sae, sae.d_in
     kinds = np.array(["feature"] * n_feat + ["neuron"] * (d if p.neurons else 0))
     index = np.concatenate([np.arange(n_feat), np.arange(d if p.neurons else 0)])
@@ -72,8 +79,10 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
 
     n_ctx = len(tokens) // ctx
     labels = token_labels(tokens.reshape(n_ctx, ctx), strings, list(proxies.values()))
-    s = scan(acts, first_row, tokens, ctx, encode, len(kinds), choose, labels, p)
+    sides, n_docs = context_sides(tokens, ctx, _separator(separator, strings), p)
+    s = scan(acts, first_row, tokens, ctx, sides, encode, len(kinds), choose, labels, p)
     ex, units = s.examples, s.interpreted
+    truth10 = quantise(ex.acts, s.max[ex.unit][:, None])
 
     # Logit effects of each interpreted unit's output direction.
     with torch.no_grad():
@@ -81,7 +90,9 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     effects = logit_effects(model, directions)
     boosted = top_effects(effects, p.logit_tokens) if effects is not None else None
 
-    # Explain from the training windows, simulate on the held-out ones.
+    # Explain from the training windows; score on the held-out ones in a seeded random order (in rank
+    # order, best first, an LLM simulator could score well from the order alone).
+    shuffle = np.random.default_rng([p.seed, 2])
     jobs, heldout = [], []
     for i, u in enumerate(units):
         train, test = (ex.unit == u) & (ex.split == 0), (ex.unit == u) & (ex.split == 1)
@@ -91,7 +102,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
             job["boosted"] = [strings[t] for t in boosted[0][i].tolist()]
             job["suppressed"] = [strings[t] for t in boosted[2][i].tolist()]
         jobs.append(job)
-        heldout.append(np.flatnonzero(test))
+        heldout.append(shuffle.permutation(np.flatnonzero(test)))
     print(f"interpret: explaining {len(units)} units ({(kinds[units] == 'feature').sum()} features) "
           f"with the {type(backend).__name__} backend", flush=True)
     explanations = backend.explain_all(jobs)
@@ -104,6 +115,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
         [(explanations[e], ex.tokens[heldout[i]], ex.before[heldout[i]]) for e, i in pairs])))
     simulated = [sims.get((i, i)) for i in range(len(units))]
     control = [sims.get((c, i)) for i, c in enumerate(control_of)]
+    judged = _judge(backend, explanations, ex, heldout, truth10, shuffle)
 
     rows = {u: {} for u in range(len(kinds))}
     simulated_rows = np.full(ex.acts.shape, np.nan, dtype=np.float32)
@@ -115,17 +127,18 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
             r["explanation_error"] = expl
             continue
         r["explanation"], r["explanation_form"] = expl.text, json.dumps(expl.form) if expl.form else None
+        r |= judged[i]
         if isinstance(simulated[i], str):
             r["explanation_error"] = f"simulation failed: {simulated[i]}"
             continue
         simulated_rows[h] = simulated[i]
-        true = ex.acts[h]
-        r["score_pearson"], r["score_spearman"] = pearson(simulated[i], true), spearman(simulated[i], true)
-        for g, name in enumerate(GROUPS[:3]):
+        true, true10 = ex.acts[h], truth10[h]
+        r["score_pearson"], r["score_spearman"] = pearson(simulated[i], true), spearman(simulated[i], true10)
+        for g, name in enumerate(GROUPS):
             in_group = ex.group[h] == g
             r[f"score_{name}_pearson"] = pearson(simulated[i][in_group], true[in_group]) if in_group.any() else None
         if isinstance(control[i], np.ndarray):
-            r["control_pearson"], r["control_spearman"] = pearson(control[i], true), spearman(control[i], true)
+            r["control_pearson"], r["control_spearman"] = pearson(control[i], true), spearman(control[i], true10)
     for u in np.flatnonzero(s.active_contexts.min(0) < p.min_contexts):
         rows[u]["explanation_error"] = (f"too rare: {s.active_contexts[0, u]} and {s.active_contexts[1, u]} "
                                         f"activating contexts (explainer, held-out side), under "
@@ -135,7 +148,62 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     features = _features_table(s, kinds, index, rows, best, boosted, strings)
     examples = _examples_table(ex, kinds, index, strings, simulated_rows)
     metrics = _metrics(features, proxy_table, list(proxies), s, p, p.backend)
+    metrics["split"] = {"documents": n_docs, **{f"{name}_contexts": int((sides == k).sum())
+                                                for k, name in ((0, "explainer"), (1, "heldout"), (-1, "unused"))}}
     return Result(features, examples, proxy_table, metrics)
+
+
+def _separator(separator: int | None, strings: list[str]) -> int:
+    if separator is None:
+        if "<|endoftext|>" not in strings:
+            raise UserError("no token '<|endoftext|>' to tell where documents end: pass separator=, the id of "
+                            "tokenizer.separator, to interpret_dictionary")
+        return strings.index("<|endoftext|>")
+    if not 0 <= separator < len(strings):
+        raise UserError(f"separator id {separator} is not a token id (0..{len(strings) - 1})")
+    return separator
+
+
+def _judge(backend, explanations: list, ex, heldout: list[np.ndarray], truth10: np.ndarray,
+           rng: np.random.Generator) -> dict[int, dict]:
+    """Detection on every held-out window of each explained unit and fuzzing on the activating ones, in the
+    windows' shuffled order: each unit's score columns, and what failed."""
+    judged = [i for i, e in enumerate(explanations) if isinstance(e, Explanation)]
+    detections = dict(zip(judged, backend.detect_all(
+        [(explanations[i], ex.tokens[heldout[i]], ex.before[heldout[i]]) for i in judged])))
+    fuzz = {i: _fuzz_set(truth10[heldout[i]], rng) for i in judged}
+    shown = {i: heldout[i][rows] for i, (rows, _, _) in fuzz.items() if len(rows)}
+    fuzzes = dict(zip(shown, backend.fuzz_all(
+        [(explanations[i], ex.tokens[w], ex.before[w], fuzz[i][1]) for i, w in shown.items()])))
+    out = {}
+    for i in judged:
+        r, failed = {}, []
+        for task, answers, truth in (("detection", detections[i], truth10[heldout[i]].max(1) >= 1),
+                                     ("fuzzing", fuzzes.get(i), fuzz[i][2])):
+            if isinstance(answers, str):
+                failed.append(f"{task} failed: {answers}")
+            elif answers is not None:
+                r |= {f"{task}_{k}": v for k, v in classification(truth, *answers).items()}
+        out[i] = r | {"judge_error": "; ".join(failed) or None}
+    return out
+
+
+def _fuzz_set(truth10: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fuzzing excerpts from held-out windows ``[E, W]`` on the 0-10 scale: which rows, the highlighted
+    tokens, and whether the highlight is right. Each activating window appears once, so no excerpt can be
+    compared with a copy of itself: half of them (at random) highlight the tokens that activate (1 or more
+    of 10), the others as many tokens that do not, where the window has any."""
+    rows = np.flatnonzero(truth10.max(1) >= 1)
+    marked = truth10[rows] >= 1
+    right = np.ones(len(rows), dtype=bool)
+    for j in rng.permutation(len(rows))[: len(rows) // 2]:
+        others = np.flatnonzero(~marked[j])
+        if len(others):
+            picked = rng.choice(others, size=min(int(marked[j].sum()), len(others)), replace=False)
+            marked[j] = False
+            marked[j, picked] = True
+            right[j] = False
+    return rows, marked, right
 
 
 def _control(units: np.ndarray, kinds: np.ndarray) -> list[int]:
@@ -168,9 +236,11 @@ def _proxies(s: Scan, names: list[str], kinds, index) -> tuple[pl.DataFrame, dic
     return table, best
 
 
+_JUDGE_COLUMNS = [f"{task}_{m}" for task in ("detection", "fuzzing") for m in ("balanced_accuracy", "f1", "auc")]
 _COLUMNS = {"explanation": pl.String, "explanation_error": pl.String, "explanation_form": pl.String,
             "score_pearson": pl.Float64, "score_spearman": pl.Float64, "score_top_pearson": pl.Float64,
             "score_interval_pearson": pl.Float64, "score_random_pearson": pl.Float64,
+            "score_token_pearson": pl.Float64, **{c: pl.Float64 for c in _JUDGE_COLUMNS}, "judge_error": pl.String,
             "control_pearson": pl.Float64, "control_spearman": pl.Float64, "control_of": pl.Int64,
             "best_proxy": pl.String, "best_proxy_f1": pl.Float64, "best_proxy_precision": pl.Float64,
             "best_proxy_recall": pl.Float64}
@@ -235,6 +305,8 @@ def _metrics(features: pl.DataFrame, proxies: pl.DataFrame, names: list[str], s:
             **{f"{k}_spearman": v for k, v in summarize(rows["score_spearman"].drop_nulls().to_numpy()).items()
                if k in ("mean", "median")},
             "control_mean_pearson": summarize(rows["control_pearson"].drop_nulls().to_numpy()).get("mean"),
+            "control_mean_spearman": summarize(rows["control_spearman"].drop_nulls().to_numpy()).get("mean"),
+            **{f"mean_{c}": summarize(rows[c].drop_nulls().to_numpy()).get("mean") for c in _JUDGE_COLUMNS},
         }
     out["difference"] = bootstrap_difference(scored["feature"], scored["neuron"], p.bootstrap, p.seed)
     out["proxies"] = {}

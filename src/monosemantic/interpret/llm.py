@@ -2,7 +2,10 @@
 
 The prompts follow Bills et al. (2023) in spirit: the explainer sees examples as token/activation
 lines on a 0–10 scale plus the unit's logit effects; a fresh prompt then gives the simulator the
-explanation alone and asks for one 0–10 prediction per held-out token, as JSON.
+explanation alone and asks for one 0–10 prediction per held-out token, as JSON. Detection and fuzzing
+(after EleutherAI's delphi) ask, from the explanation alone, how likely (0–10) each held-out excerpt
+holds what it describes, and whether each excerpt's <<highlighted>> tokens are the ones it describes.
+Excerpts come in the order they are given: the caller shuffles them, so that order tells nothing.
 
 Replies are cached on disk by a hash of the request, so a re-run (or a resumed one) costs
 nothing. Timeouts, connection errors, 429 and 5xx are retried with exponential backoff (a 429's
@@ -101,6 +104,31 @@ class LLMBackend:
                                                  lambda reply: _parse_simulation(reply, lengths)))
         return self._map(one, jobs)
 
+    def detect_all(self, jobs: list[tuple[Explanation, np.ndarray, np.ndarray]]
+                   ) -> list[tuple[np.ndarray, np.ndarray] | str]:
+        def one(job):
+            explanation, tokens, _ = job
+            texts = ["".join(self.strings[t] for t in row) for row in tokens]
+            return self._judge(_DETECT_SYSTEM, explanation.text, texts, _DETECT_ASK)
+        return self._map(one, jobs)
+
+    def fuzz_all(self, jobs: list[tuple[Explanation, np.ndarray, np.ndarray, np.ndarray]]
+                 ) -> list[tuple[np.ndarray, np.ndarray] | str]:
+        def one(job):
+            explanation, tokens, _, marked = job
+            texts = [_highlight([self.strings[t] for t in row], m) for row, m in zip(tokens, marked)]
+            return self._judge(_FUZZ_SYSTEM, explanation.text, texts, _FUZZ_ASK)
+        return self._map(one, jobs)
+
+    def _judge(self, system: str, explanation: str, texts: list[str], ask: str) -> tuple[np.ndarray, np.ndarray]:
+        """A 0-10 answer per excerpt: yes from 5 up, and the answer over 10 as the score."""
+        user = (f"Explanation of the neuron: {explanation}\n\nExcerpts, a JSON list of strings:\n"
+                f"{json.dumps(texts, ensure_ascii=False)}\n\n{ask}")
+        answers = self.client.complete([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                       lambda reply: _parse_answers(reply, len(texts)))
+        score = np.array(answers) / 10
+        return score >= 0.5, score
+
     def _map(self, fn, jobs):
         done, t0, last = 0, time.perf_counter(), 0.0
 
@@ -149,6 +177,28 @@ _EXPLAIN_SYSTEM = ("We're studying neurons in a neural network. Each neuron look
 _SIMULATE_SYSTEM = ("We're studying neurons in a neural network. Given an explanation of what a neuron looks for, "
                     "predict how strongly it activates on each token of new text, from 0 (not at all) to 10.")
 
+_DETECT_SYSTEM = ("We're studying neurons in a neural network. Given an explanation of what a neuron looks for, "
+                  "judge for each text excerpt whether the neuron activates anywhere in it.")
+_DETECT_ASK = ('Reply with JSON only: {"answers": [...]}, one integer from 0 to 10 per excerpt: how likely the '
+               "neuron activates in that excerpt (0: surely not, 10: surely).")
+_FUZZ_SYSTEM = ("We're studying neurons in a neural network. Given an explanation of what a neuron looks for, "
+                "judge text excerpts in which some tokens are marked <<like this>>.")
+_FUZZ_ASK = ('Reply with JSON only: {"answers": [...]}, one integer from 0 to 10 per excerpt: how likely the '
+             "marked tokens are the ones the neuron activates on, as the explanation describes (0: surely not, "
+             "10: surely).")
+
+
+def _highlight(tokens: list[str], marked: np.ndarray) -> str:
+    """The excerpt's text with each run of marked tokens inside << >>."""
+    out = []
+    for i, t in enumerate(tokens):
+        if marked[i] and (i == 0 or not marked[i - 1]):
+            out.append("<<")
+        out.append(t)
+        if marked[i] and (i + 1 == len(tokens) or not marked[i + 1]):
+            out.append(">>")
+    return "".join(out)
+
 
 def api_key(p: OpenAIParams) -> str | None:
     """The key from the environment variable named in params (checked before any work starts)."""
@@ -176,6 +226,16 @@ def _parse_simulation(reply: str, lengths: list[int]) -> list[float]:
     if [len(r) for r in rows] != lengths:
         raise ValueError(f"expected lists of lengths {lengths}, got {[len(r) for r in rows]}")
     return [[min(max(float(v), 0.0), 10.0) for v in r] for r in rows]
+
+
+def _parse_answers(reply: str, n: int) -> list[float]:
+    match = re.search(r"\{.*\}", reply, re.DOTALL)
+    if match is None:
+        raise ValueError("no JSON object in the reply")
+    answers = json.loads(match.group(0))["answers"]
+    if len(answers) != n:
+        raise ValueError(f"expected {n} answers, got {len(answers)}")
+    return [min(max(float(v), 0.0), 10.0) for v in answers]
 
 
 def _retry_after(header: str | None, default: float) -> float:

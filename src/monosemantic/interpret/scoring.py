@@ -1,4 +1,5 @@
-"""Scores of explanations: correlation of simulated with true activations, and their comparison."""
+"""Scores of explanations: correlation of simulated with true activations, a judge's answers against the
+truth (detection and fuzzing, as in EleutherAI's delphi), and their comparison."""
 
 from __future__ import annotations
 
@@ -24,6 +25,33 @@ def ranks(x: np.ndarray) -> np.ndarray:
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return pearson(ranks(x), ranks(y))
+
+
+def quantise(acts: np.ndarray, peak: float | np.ndarray) -> np.ndarray:
+    """Activations on the simulator's 0-10 scale: scaled by the unit's max and rounded, as in the paper."""
+    peak = np.asarray(peak, dtype=np.float64)
+    scaled = np.divide(np.asarray(acts, dtype=np.float64) * 10, peak, out=np.zeros(np.shape(acts)), where=peak > 0)
+    return np.clip(np.rint(scaled), 0, 10)
+
+
+def auc(truth: np.ndarray, score: np.ndarray) -> float | None:
+    """ROC AUC: the chance that a positive scores above a negative (ties count half); None without both."""
+    truth = np.asarray(truth, dtype=bool).ravel()
+    pos, neg = int(truth.sum()), int((~truth).sum())
+    if not pos or not neg:
+        return None
+    return float((ranks(score)[truth].sum() - pos * (pos - 1) / 2) / (pos * neg))
+
+
+def classification(truth: np.ndarray, predicted: np.ndarray, score: np.ndarray) -> dict[str, float | None]:
+    """Balanced accuracy and F1 of a judge's yes/no answers, AUC of its scores; None where a class is missing
+    (balanced accuracy is 0.5 for a judge that cannot tell, whatever the share of positives)."""
+    truth, predicted = np.asarray(truth, dtype=bool).ravel(), np.asarray(predicted, dtype=bool).ravel()
+    pos, neg = int(truth.sum()), int((~truth).sum())
+    tp, tn = int((truth & predicted).sum()), int((~truth & ~predicted).sum())
+    return {"balanced_accuracy": (tp / pos + tn / neg) / 2 if pos and neg else None,
+            "f1": 2 * tp / (pos + int(predicted.sum())) if pos else None,
+            "auc": auc(truth, score)}
 
 
 def summarize(scores: np.ndarray) -> dict[str, float | int]:
