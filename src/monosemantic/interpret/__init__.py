@@ -1,11 +1,12 @@
 """Automated interpretability (the paper's protocol, after Bills et al. 2023).
 
-sampling    one streaming scan of the cache: unit statistics, example windows, proxy counts
-baseline    the offline explainer/simulator (token and context statistics)
+sampling    the explainer/held-out split by document; one streaming scan of the cache: unit statistics,
+            example windows, proxy counts
+baseline    the offline explainer/simulator/judge (token and context statistics)
 llm         the same roles played by any OpenAI-compatible chat endpoint
 logits      logit effects of a unit's output direction
 proxies     hypothesis detectors (regex or callable) and their token labels
-scoring     correlations, summaries, the bootstrap comparison
+scoring     correlations, a judge's detection and fuzzing scores, summaries, the bootstrap comparison
 dictionary  all of it for one dictionary and its subject model's neurons
 """
 
