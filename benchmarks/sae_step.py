@@ -35,7 +35,8 @@ import zarr
 from monosemantic.activations.reader import ShuffledReader
 from monosemantic.compute import DTYPES, Compute, resolve_device
 from monosemantic.errors import UserError
-from monosemantic.sae.model import SparseAutoencoder, geometric_median
+from monosemantic.sae.model import geometric_median
+from monosemantic.sae.standard import Standard
 from monosemantic.sae.trainer import TrainConfig, adam, train_sae, train_step
 
 
@@ -97,7 +98,7 @@ def sparse_mixtures(dictionary: torch.Tensor, rows: int, mix: int, gen: torch.Ge
 def near_dictionary(dictionary: torch.Tensor, inputs: torch.Tensor, threshold: float, gen: torch.Generator):
     """An SAE where training would take it: decoder ≈ the dictionary, encoder its transpose, b_dec the
     geometric median (as train_sae sets it), b_enc such that feature i fires when x·W_enc[:, i] > threshold."""
-    sae = SparseAutoencoder(dictionary.shape[1], len(dictionary))
+    sae = Standard(dictionary.shape[1], len(dictionary))
     sae.W_dec.copy_(dictionary + 0.02 * torch.randn(dictionary.shape, generator=gen))
     sae.normalize_decoder()
     sae.W_enc.copy_(sae.W_dec.T)
@@ -141,7 +142,7 @@ def main():
         with torch.no_grad(), compute.autocast():
             return tokens_per_s, (stepped(data).f > 0).sum(-1).float().mean().item()
 
-    step_tok, l0 = step_rate(SparseAutoencoder.sparse_below)
+    step_tok, l0 = step_rate(Standard.sparse_below)
     if sparse_path:
         dense_tok, _ = step_rate(0.0)  # the same step with every product dense
 

@@ -14,13 +14,13 @@ from monosemantic.evaluation.metrics import Reconstruction
 from monosemantic.model import Transformer, TransformerConfig
 from monosemantic.model.hooks import logits, splice
 from monosemantic.report.summary import summary_markdown
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.standard import Standard
 from tests.test_model import tiny_gpt2
 
 
-def identity_sae(d: int) -> SparseAutoencoder:
+def identity_sae(d: int) -> Standard:
     """Exactly the identity on any input: f = [relu(x), relu(-x)], x̂ = relu(x) − relu(−x)."""
-    sae = SparseAutoencoder(d, 2 * d)
+    sae = Standard(d, 2 * d)
     eye = torch.eye(d)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], 1))
@@ -30,7 +30,7 @@ def identity_sae(d: int) -> SparseAutoencoder:
     return sae
 
 
-def zero_sae(d: int) -> SparseAutoencoder:
+def zero_sae(d: int) -> Standard:
     sae = identity_sae(d)
     with torch.no_grad():
         sae.W_dec.zero_()

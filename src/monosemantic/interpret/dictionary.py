@@ -22,7 +22,7 @@ from monosemantic.interpret.sampling import GROUPS, SPLITS, Scan, scan
 from monosemantic.interpret.scoring import bootstrap_difference, pearson, spearman, summarize
 from monosemantic.params import InterpretParams
 from monosemantic.compute import Compute
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.model import Dictionary
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Result:
     metrics: dict[str, Any]
 
 
-def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: SparseAutoencoder, model: nn.Module,
+def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: Dictionary, model: nn.Module,
                          strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams,
                          compute: Compute = Compute()) -> Result:
     """Scan `tokens` (whole contexts) and their activations ``acts[first_row:]``; `strings` is each token

@@ -1,1 +1,13 @@
-"""Sparse autoencoders: the model, neuron resampling."""
+"""Sparse dictionaries: one module per architecture on one trainer (trainer.py), one export (export.py)."""
+
+from __future__ import annotations
+
+from monosemantic.sae.model import Dictionary
+from monosemantic.sae.standard import Standard
+
+ARCHITECTURES: dict[str, type[Dictionary]] = {cls.architecture: cls for cls in (Standard,)}
+
+
+def build(architecture: str, d_in: int, d_sae: int, options: dict | None = None) -> Dictionary:
+    """A fresh dictionary of `architecture` with its recipe's `options` (params.yaml's sae.<architecture>)."""
+    return ARCHITECTURES[architecture](d_in, d_sae, **(options or {}))
