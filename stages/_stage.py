@@ -100,6 +100,11 @@ def _section(params: Params, dotted: str | None):
     return params
 
 
+def _dump(value: Any) -> Any:
+    """A params section or value (a list such as sae.dict_sizes) as JSON data."""
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
 class _NoParams:
     def model_dump(self, mode: str = "json") -> dict:
         return {}
@@ -161,7 +166,7 @@ def run_stage(name: str, section: str | None, also: tuple[str, ...] = (), dictio
         params = load_params()
         named = dictionary_name(params, dictionary) if dictionary is not None else None
         also = tuple(k.format(architecture=named.architecture) if named else k for k in also)
-        sections = {k: _section(params, k).model_dump(mode="json") for k in (section, *also) if k}
+        sections = {k: _dump(_section(params, k)) for k in (section, *also) if k}
         c = params.compute
         with setup_compute(c.device, c.precision, c.threads, c.timeout_s) as compute:
             if not compute.is_main:  # rank 0 holds the lock and the MLflow run, and writes
