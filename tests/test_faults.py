@@ -91,6 +91,8 @@ FAULTS = [
           "sae.dict_sizes", ("metrics/sae/standard-128/eval.json",)),
     Fault("duplicate dictionary size", sizes(128, 128), [*STAGE, "stages.compare"],
           "sae.dict_sizes", ("reports/splitting", "plots/frontier", "metrics/splitting.json")),
+    Fault("unknown dictionary", lambda work: None, [*STAGE, "stages.train_sae", "topk-999"],
+          "'topk-999' is not one of params.yaml's", ("models/sae/topk-128",)),
     Fault("dictionary larger than memory", sizes(128, 4_000_000), [*STAGE, "stages.train_sae", "standard-128"],
           "sae.dict_sizes", ("models/sae/standard-128",)),
     Fault("callable proxy without opt-in",
