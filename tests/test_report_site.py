@@ -172,7 +172,7 @@ def make_workspace(root: Path, archs=ARCHS, sizes=SIZES, interpreted=INTERPRETED
             ev = {"dict_size": size, "mse": 0.01 / (k + 1), "loss_recovered_mean_ablation": 0.6 + 0.08 * k,
                   "kl_divergence": 0.1, "dead_features": k + a, "ultralow_features": 2 * k, "dense_features": 1 + a,
                   "dead_fraction": (k + a) / size, "ultralow_fraction": 2 * k / size, "dense_fraction": (1 + a) / size,
-                  "n_eval_tokens": 8000, "ultralow_threshold": 1 / 8000, **EVAL.get(arch, EVAL["standard"])(k)}
+                  "n_eval_tokens": 8000, "ultralow_threshold": 1 / 8000, "dense_threshold": 0.1, **EVAL.get(arch, EVAL["standard"])(k)}
             _write(root / f"metrics/sae/{name}/eval.json", json.dumps(ev))
             _write(root / f"metrics/sae/{name}/train.json",
                    json.dumps({"dict_size": size, "penalty": 0.01, "resampled_neurons": 3 if arch == "standard" else 0,
@@ -419,7 +419,7 @@ def test_neuron_pages_match_feature_pages(site, browser, tmp_path):
 def test_dictionaries_without_interpretation_get_metrics_and_say_so(site):
     html = (site / "index.html").read_text()
     assert "95% CI" in html and "(feature 0)" in html       # standard-32's interp.json: the best base64 feature
-    assert 'id="dict-standard-64"' in html and 'id="dict-topk-16"' in html
+    assert 'id="dict-standard-64"' in html and 'id="dict-topk-16"' in html and "more than 0.1 of tokens" in html
     assert "No interpretation outputs for this dictionary yet" in html and "interpret@topk-64" in html
     assert "</script><b>" not in html and "<script>window.pwned" not in html  # escaped in the JSON too
     assert sorted(p.name for p in (site / PAGES).iterdir()) == ["assets", "provenance.json", *sorted(INTERPRETED)]

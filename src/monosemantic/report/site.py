@@ -114,6 +114,7 @@ def build_site(out: Path, dictionaries: list[Dictionary], frontier: dict[str, li
             metrics=[{"name": d.name, "cells": [cell(fmt, d.row().get(key)) for _, key, fmt in COLUMNS]}
                      for d in dictionaries],
             frontiers=_frontiers(frontier or {}, order),
+            dense_threshold=next((d.metrics["dense_threshold"] for d in dictionaries if "dense_threshold" in d.metrics), None),
             compared=_compared(dictionaries), interp=_interp_table(dictionaries),
             table={"columns": TABLE_COLUMNS, "rows": rows},
             root=f"{PAGES}/", home="index.html", built=built))
