@@ -176,6 +176,6 @@ def test_summary_table_has_a_row_per_size():
             "tokens_seen": 1000, "n_eval_tokens": 500, "ultralow_threshold": 0.002, "dense_threshold": 0.1}
     text = summary_markdown([{**base, "dict_size": 512, "loss_recovered": 0.7},
                              {**base, "dict_size": 4096, "loss_recovered": 0.8, "fvu": math.nan}])
-    rows = [line for line in text.splitlines() if line.startswith("| 512") or line.startswith("| 4096")]
-    assert rows[0].split("|")[5].strip() == "70.0%" and "–" in rows[1]
+    rows = [line for line in text.splitlines() if line.startswith(("| standard | 512 ", "| standard | 4096 "))]
+    assert rows[0].split("|")[6].strip() == "70.0%" and "–" in rows[1]
     assert "rises with dictionary size" in text
