@@ -34,8 +34,16 @@ from monosemantic.sae.topk import TopK
 
 def batch_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
     """ReLU of the k · len(pre) largest entries of the whole batch; zero elsewhere."""
-    values, indices = pre.flatten().topk(k * len(pre), sorted=False)
-    return torch.zeros(pre.numel(), dtype=pre.dtype, device=pre.device).scatter_(0, indices, values.relu()).view_as(pre)
+    n, width = k * len(pre), min(pre.shape[1], 4 * k)
+    # Fast path (2-3x on CPU): the batch's n largest lie among each row's `width` largest, unless
+    # some row has all of its candidates among them and so perhaps more; then select among all.
+    row_values, row_indices = pre.topk(width, dim=1, sorted=False)
+    values, picked = row_values.flatten().topk(n, sorted=False)
+    if width < pre.shape[1] and bool((row_values.amin(1) >= values.min()).any()):
+        values, flat = pre.flatten().topk(n, sorted=False)
+    else:
+        flat = picked // width * pre.shape[1] + row_indices.flatten()[picked]
+    return torch.zeros(pre.numel(), dtype=pre.dtype, device=pre.device).scatter_(0, flat, values.relu()).view_as(pre)
 
 
 class BatchTopK(TopK):
