@@ -11,6 +11,7 @@ import torch
 
 from monosemantic.params import BatchTopKParams, MatryoshkaParams, TopKParams
 from monosemantic.sae import ARCHITECTURES, build
+from monosemantic.sae.batchtopk import batch_top_k
 from monosemantic.sae.export import load_sae, save_sae
 from monosemantic.sae.trainer import TrainConfig, train_sae
 from tests.test_sae_training import Killed
@@ -67,6 +68,18 @@ def test_the_training_step_is_the_papers_formula(arch, sparse_below):
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(sae, name).grad, getattr(plain, name).grad, msg=name)
     assert (out.f > 0).sum(1).float().mean() == 4  # k per input (TopK) or on average (BatchTopK)
+
+
+def test_batch_top_k_keeps_the_batchs_largest_also_when_one_input_takes_most():
+    torch.manual_seed(0)
+    pre = torch.randn(64, 200)
+    for scale in (1.0, 100.0):  # 100: the first input holds more than its 4k candidates of the batch's k·B
+        pre[0] *= scale
+        f = batch_top_k(pre, 3)
+        kept = pre.flatten().topk(3 * 64).values
+        torch.testing.assert_close(f.flatten().sort().values[-3 * 64:], kept.relu().sort().values)
+        assert (f > 0).sum() == (kept > 0).sum() and torch.equal(f[f > 0], pre[f > 0])
+    assert (f[0] > 0).sum() > 4 * 3
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -11,7 +11,7 @@ learn the general, frequent features and later ones refine them rather than abso
 The whole dictionary is the last prefix; inference, θ, AuxK (on the whole dictionary's
 residual), initialisation, decoder constraint and the SAELens export ("jumprelu") are
 BatchTopK's. The inner prefixes' reconstructions are sums over f's nonzeros (embedding bags),
-so they cost O(nonzeros · d_in) each, not a dense product.
+O(nonzeros · d_in) for all of them together, not dense products.
 
 Differences from the papers:
 - The mean over the prefixes, where Bussmann et al. write the sum: the loss stays on one
@@ -44,17 +44,18 @@ class Matryoshka(BatchTopK):
 
     def forward(self, x: torch.Tensor, coefficient: float = 0.0, dead: torch.Tensor | None = None) -> Output:
         x_hat, f = self.autoencode(x, self.activation)
-        mses = torch.stack([(x_m - x).pow(2).mean() for x_m in [*self.inner_reconstructions(f), x_hat]])
+        inner = self.inner_reconstructions(f)  # [B, prefixes but the whole, d_in]
+        mses = torch.cat([(inner - x[:, None]).pow(2).mean((0, 2)), (x_hat - x).pow(2).mean().view(1)])
         aux = self.aux_loss(x, x_hat, dead)
         loss = mses.mean() / self.input_variance + coefficient * aux
         return Output(x_hat, f, loss, mses[-1], aux, (self.smallest_kept(f),))
 
-    def inner_reconstructions(self, f: torch.Tensor) -> list[torch.Tensor]:
-        """x̂_m for every prefix width but the whole: Σ over f's nonzeros in latents < m of f · W_dec."""
-        rows, cols = f.detach().nonzero().T  # input by input
+    def inner_reconstructions(self, f: torch.Tensor) -> torch.Tensor:
+        """x̂_m for every prefix width m but the whole, from f's nonzeros alone: one embedding bag per
+        (input, group of latents between two widths), then a running sum over the groups."""
+        rows, cols = f.detach().nonzero().T  # input by input, latents ascending: so also by group
+        groups = torch.bucketize(cols, torch.tensor(self.widths[:-1], device=cols.device), right=True)
+        n = len(self.widths)
         values = f[rows, cols].to(self.W_dec.dtype)  # f may be in autocast's precision
-        out = []
-        for width in self.widths[:-1]:
-            keep = cols < width
-            out.append(_bag_sums(cols[keep], self.W_dec, _bounds(rows[keep], len(f)), values[keep]) + self.b_dec)
-        return out
+        parts = _bag_sums(cols, self.W_dec, _bounds(rows * n + groups, len(f) * n), values).view(len(f), n, -1)
+        return parts.cumsum(1)[:, :-1] + self.b_dec
