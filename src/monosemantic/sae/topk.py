@@ -87,7 +87,7 @@ class TopK(Dictionary):
 
     @classmethod
     def from_sae_lens_state(cls, d_in: int, d_sae: int, options: dict, cfg: dict,
-                            tensors: dict[str, torch.Tensor]) -> "Dictionary":
+                            tensors: dict[str, torch.Tensor]) -> "TopK":
         sae = cls(d_in, d_sae, **options)  # training-only buffers (input_variance) keep their defaults
         sae.load_state_dict({k: tensors[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, strict=False)
         return sae
