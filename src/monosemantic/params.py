@@ -233,12 +233,15 @@ class Standard2024Params(_Architecture):
 
 class TopKParams(_Architecture):
     k: int = Field(32, ge=1, description="latents kept per input")
-    aux_k: int | None = Field(None, ge=1, description="dead latents in the AuxK reconstruction (null: d_in / 2)")
+    aux_k: int | None = Field(None, ge=1, description="dead latents in each input's AuxK reconstruction "
+                              "(null: d_in / 2, Gao et al.'s)")
     aux_coefficient: float = Field(1 / 32, ge=0, description="α on the AuxK loss (Gao et al.: 1/32)")
 
 
 class BatchTopKParams(TopKParams):
-    threshold_beta: float = Field(0.999, ge=0, lt=1, description="EMA factor of the inference threshold estimate")
+    threshold_beta: float = Field(0.999, ge=0, lt=1, description="the inference threshold θ: the running mean of "
+                                  "each batch's smallest kept activation, an EMA with this factor after "
+                                  "1/(1 - factor) batches")
 
 
 class JumpReLUParams(_Architecture):

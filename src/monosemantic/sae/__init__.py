@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from monosemantic.sae.batchtopk import BatchTopK
+from monosemantic.sae.matryoshka import Matryoshka
 from monosemantic.sae.model import Dictionary
 from monosemantic.sae.standard import Standard
+from monosemantic.sae.topk import TopK
 
-ARCHITECTURES: dict[str, type[Dictionary]] = {cls.architecture: cls for cls in (Standard,)}
+ARCHITECTURES: dict[str, type[Dictionary]] = {cls.architecture: cls for cls in (Standard, TopK, BatchTopK, Matryoshka)}
 
 
 def build(architecture: str, d_in: int, d_sae: int, options: dict | None = None) -> Dictionary:
