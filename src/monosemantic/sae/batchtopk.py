@@ -93,6 +93,7 @@ class BatchTopK(TopK):
     @classmethod
     def from_sae_lens_state(cls, d_in: int, d_sae: int, options: dict, cfg: dict,
                             tensors: dict[str, torch.Tensor]) -> "BatchTopK":
-        sae = super().from_sae_lens_state(d_in, d_sae, options, cfg, tensors)
+        weights = {k: v for k, v in tensors.items() if k != "threshold"}  # SAELens's: one per feature
+        sae = super().from_sae_lens_state(d_in, d_sae, options, cfg, weights)
         sae.threshold.fill_(float(tensors["threshold"][0]))  # written by sae_lens_state: one θ for every feature
         return sae

@@ -113,8 +113,9 @@ class Dictionary(nn.Module):
     @classmethod
     def from_sae_lens_state(cls, d_in: int, d_sae: int, options: dict, cfg: dict,
                             tensors: dict[str, torch.Tensor]) -> "Dictionary":
-        sae = cls(d_in, d_sae, **options)
-        sae.load_state_dict({k: tensors[k].float() for k in sae.state_dict()})
+        sae = cls(d_in, d_sae, **options)  # buffers used only in training keep their defaults
+        own = sae.state_dict()
+        sae.load_state_dict({k: v.float() for k, v in tensors.items() if k in own}, strict=False)
         return sae
 
 

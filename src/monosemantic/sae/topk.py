@@ -84,10 +84,3 @@ class TopK(Dictionary):
         fields, tensors = super().sae_lens_state()
         # SAELens's TopK also applies ReLU after its top k; our decoder rows are at unit norm
         return {**fields, "architecture": "topk", "k": self.k, "rescale_acts_by_decoder_norm": False}, tensors
-
-    @classmethod
-    def from_sae_lens_state(cls, d_in: int, d_sae: int, options: dict, cfg: dict,
-                            tensors: dict[str, torch.Tensor]) -> "TopK":
-        sae = cls(d_in, d_sae, **options)  # training-only buffers (input_variance) keep their defaults
-        sae.load_state_dict({k: tensors[k].float() for k in ("W_enc", "b_enc", "W_dec", "b_dec")}, strict=False)
-        return sae
