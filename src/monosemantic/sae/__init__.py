@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from monosemantic.sae.jumprelu import JumpReLU
 from monosemantic.sae.model import Dictionary
 from monosemantic.sae.standard import Standard
 from monosemantic.sae.standard_2024 import Standard2024
 
-ARCHITECTURES: dict[str, type[Dictionary]] = {cls.architecture: cls for cls in (Standard, Standard2024)}
+ARCHITECTURES: dict[str, type[Dictionary]] = {cls.architecture: cls for cls in (Standard, Standard2024, JumpReLU)}
 
 
 def build(architecture: str, d_in: int, d_sae: int, options: dict | None = None) -> Dictionary:
