@@ -228,7 +228,7 @@ class StandardParams(_Architecture):
 class Standard2024Params(_Architecture):
     l1_coefficient: float = Field(5.0, gt=0, description="λ on Σ_i f_i·‖W_dec,i‖, with inputs scaled to mean "
                                   "norm √d_in and the squared error summed over dimensions (Anthropic, April 2024)")
-    decoder_init_norm: float = Field(0.1, gt=0, description="initial norm of every decoder row")
+    decoder_init_norm: float = Field(0.1, gt=0, description="initial norm of every decoder row (paper: 0.05 to 1)")
 
 
 class TopKParams(_Architecture):
@@ -245,9 +245,12 @@ class BatchTopKParams(TopKParams):
 
 
 class JumpReLUParams(_Architecture):
-    l0_coefficient: float = Field(1e-3, gt=0, description="λ on the L0 norm (straight-through estimator)")
-    bandwidth: float = Field(1e-3, gt=0, description="ε, the STE kernel's width")
-    threshold_init: float = Field(1e-3, gt=0, description="every latent's initial threshold θ")
+    l0_coefficient: float = Field(1e-3, gt=0, description="λ on ‖f‖₀, with inputs scaled to mean squared norm 1 "
+                                  "and the squared error summed over dimensions (Rajamanoharan et al. 2024)")
+    bandwidth: float = Field(1e-3, gt=0, description="ε, the straight-through estimators' kernel width (paper: 0.001)")
+    threshold_init: float = Field(1e-3, gt=0, description="every latent's initial threshold θ (paper: 0.001). log θ "
+                                  "moves by about the learning rate per step, so a run of a few thousand steps "
+                                  "needs θ to start nearer its final size to become sparse")
 
 
 class MatryoshkaParams(BatchTopKParams):
