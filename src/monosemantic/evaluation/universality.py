@@ -48,9 +48,8 @@ def neurons(x: torch.Tensor) -> Units:
 
 
 def features(x: torch.Tensor, sae: Dictionary) -> Units:
-    """The dictionary's feature activations on `x`: Dictionary.encode, a slice of features at a time."""
-    w_enc, b_enc, b_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.b_dec.detach()
-    return Units(x, sae.d_sae, lambda rows, units: torch.relu((rows - b_dec) @ w_enc[:, units] + b_enc[units]))
+    """The dictionary's feature activations on `x`: Dictionary.encode_units, a slice of features at a time."""
+    return Units(x, sae.d_sae, lambda rows, units: sae.encode_units(rows, units).detach())
 
 
 @dataclass(frozen=True)

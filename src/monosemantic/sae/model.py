@@ -66,6 +66,12 @@ class Dictionary(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec
 
+    def encode_units(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        """`encode(x)` for the features `units` only (all when None). Architectures whose features
+        are computed independently override it to compute only those."""
+        f = self.encode(x)
+        return f if units is None else f[:, units]
+
     def forward(self, x: torch.Tensor, coefficient: float = 0.0, dead: torch.Tensor | None = None) -> Output:
         """The training loss on a batch; `dead` marks the latents that have not fired lately."""
         raise NotImplementedError

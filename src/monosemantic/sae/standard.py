@@ -26,6 +26,11 @@ class Standard(Dictionary):
     def options(self) -> dict:
         return {"l1_coefficient": self.coefficient}
 
+    def encode_units(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        if units is None:
+            return self.encode(x)
+        return torch.relu((x - self.b_dec) @ self.W_enc[:, units] + self.b_enc[units])
+
     def forward(self, x: torch.Tensor, coefficient: float = 0.0, dead: torch.Tensor | None = None) -> Output:
         x_hat, f = self.autoencode(x)
         mse = (x_hat - x).pow(2).mean()
