@@ -16,9 +16,9 @@ from stages._stage import run_stage, size_argument
 def main(arg: str) -> None:
     with run_stage(f"evaluate@{arg}", "evaluate", dictionary=arg) as s:
         name, size, p = s.dictionary.name, s.dictionary.size, s.section
-        for name, path in (("activations", "data/activations.zarr"), ("model", "models/transformer"),
+        for key, path in (("activations", "data/activations.zarr"), ("model", "models/transformer"),
                            ("sae", f"models/sae/{name}")):
-            s.input(name, path)
+            s.input(key, path)
         store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{name}")
         if sae.d_in != store.acts.shape[1]:
             raise UserError(f"models/sae/{name} reads {sae.d_in}-dim activations but the store holds "
