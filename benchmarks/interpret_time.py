@@ -2,7 +2,7 @@
 to the floor of one plain pass (read the scanned rows and encode every feature). Prints
 name=value lines.
 
-Target: the default run's interpret@4096 (200 features + all 512 neurons, 500k tokens) in under
+Target: the default run's interpret@standard-4096 (200 features + all 512 neurons, 500k tokens) in under
 120 s on 2 cores; `scan_to_floor` says how far the two passes are from a single bare one.
 Run from a repo where `dvc repro` has produced data/ and models/ (the default params).
 """
@@ -26,12 +26,12 @@ from monosemantic.tokenizer import load_tokenizer, token_strings
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--dictionary", default="standard-4096", help="<architecture>-<size>")
     args = ap.parse_args()
-    if not Path(f"models/sae/{args.size}").exists():
-        sys.exit(f"models/sae/{args.size} not found: run `dvc repro train_sae@{args.size}` first")
+    if not Path(f"models/sae/{args.dictionary}").exists():
+        sys.exit(f"models/sae/{args.dictionary} not found: run `dvc repro train_sae@{args.dictionary}` first")
     p = load_params().interpret
-    store, sae, model = open_store("data/activations.zarr"), load_sae(f"models/sae/{args.size}"), load_model("models/transformer")
+    store, sae, model = open_store("data/activations.zarr"), load_sae(f"models/sae/{args.dictionary}"), load_model("models/transformer")
     tok = load_tokenizer("data/tokenizer.json")
     strings = token_strings(tok)
     ctx, (t0, t1) = store.group.attrs["ctx"], store.splits["train"]

@@ -1,5 +1,6 @@
-"""One SAE training step next to the dense matmul rate of the same shapes and dtype, measured in
-this run; then the whole trainer fed by the Zarr reader next to the step alone. Prints name=value lines.
+"""One SAE training step of each architecture next to the dense matmul rate of the same shapes and
+dtype, measured in this run; then the whole trainer fed by the Zarr reader next to the step alone.
+Prints name=value lines, `<architecture>.<name>` for each (--arch picks some; default all).
 
 CPU, fp32 (the hand-written sparse step): ratio_to_peak = 6·d_in·d_sae·tokens/s ÷ the best matmul
 FLOP/s among the step's three GEMM shapes (target >= 0.7); trainer_to_step = trainer tokens/s ÷
@@ -7,9 +8,9 @@ step-only tokens/s (>= 0.9).
 
 The step runs at a trained dictionary's sparsity, not a random init's (which fires half the
 features): inputs are sparse non-negative mixtures of a known dictionary (`--mix` features each)
-and the SAE starts next to it (decoder ≈ the dictionary, encoder its transpose, a threshold
-`--threshold` in b_enc), so f fires on about 1% of the features (l0 and density are printed; the
-trainer's l0 too). The 6·d_in·d_sae FLOPs per token are a fixed yardstick (a dense step does five
+and the SAE starts next to it (after its own data-dependent init: decoder ≈ the dictionary,
+encoder its transpose, a threshold `--threshold` in b_enc), so f fires on about 1% of the features;
+TopK-family dictionaries fire on their k (l0 and density are printed; the trainer's l0 too). The 6·d_in·d_sae FLOPs per token are a fixed yardstick (a dense step does five
 GEMMs, 10·d_in·d_sae, so it stays below 0.6); the step computes its decoder and backward from f's
 nonzeros, so the ratio credits work it skips. dense_ratio_to_peak: the same step forced dense.
 
@@ -35,8 +36,14 @@ import zarr
 from monosemantic.activations.reader import ShuffledReader
 from monosemantic.compute import DTYPES, Compute, resolve_device
 from monosemantic.errors import UserError
-from monosemantic.sae.model import SparseAutoencoder, geometric_median
+from monosemantic import params as schema
+from monosemantic.sae import ARCHITECTURES, build
+from monosemantic.sae.model import Dictionary
 from monosemantic.sae.trainer import TrainConfig, adam, train_sae, train_step
+
+SECTIONS = {"standard": schema.StandardParams(l1_coefficient=0.004), "standard_2024": schema.Standard2024Params(),
+            "topk": schema.TopKParams(), "batchtopk": schema.BatchTopKParams(), "jumprelu": schema.JumpReLUParams(),
+            "matryoshka": schema.MatryoshkaParams()}
 
 
 def device_spec(spec: str) -> str:
@@ -94,15 +101,20 @@ def sparse_mixtures(dictionary: torch.Tensor, rows: int, mix: int, gen: torch.Ge
 
 
 @torch.no_grad()
-def near_dictionary(dictionary: torch.Tensor, inputs: torch.Tensor, threshold: float, gen: torch.Generator):
-    """An SAE where training would take it: decoder ≈ the dictionary, encoder its transpose, b_dec the
-    geometric median (as train_sae sets it), b_enc such that feature i fires when x·W_enc[:, i] > threshold."""
-    sae = SparseAutoencoder(dictionary.shape[1], len(dictionary))
-    sae.W_dec.copy_(dictionary + 0.02 * torch.randn(dictionary.shape, generator=gen))
-    sae.normalize_decoder()
+def near_dictionary(architecture: str, dictionary: torch.Tensor, inputs: torch.Tensor, threshold: float,
+                    gen: torch.Generator) -> Dictionary:
+    """A dictionary where training would take it: its own init on `inputs` (b_dec, input scale), then
+    decoder ≈ the dictionary, encoder its transpose, b_enc such that feature i fires when
+    x·W_enc[:, i] > threshold (in the units the architecture trains in)."""
+    options = SECTIONS[architecture].model_dump(exclude={"lr", "resample", "resample_steps", "resample_inputs"})
+    sae = build(architecture, dictionary.shape[1], len(dictionary), options)
+    sae.initialize(inputs)
+    sae.W_dec.copy_(torch.nn.functional.normalize(dictionary + 0.02 * torch.randn(dictionary.shape, generator=gen), dim=1))
     sae.W_enc.copy_(sae.W_dec.T)
-    sae.b_dec.copy_(geometric_median(inputs))
-    sae.b_enc.copy_(sae.b_dec @ sae.W_enc - threshold)
+    if sae.sae_lens_state()[0]["apply_b_dec_to_input"]:  # the encoder sees x − b_dec
+        sae.b_enc.copy_(sae.b_dec @ sae.W_enc - threshold)
+    else:  # it sees s·x (Anthropic 2024, JumpReLU)
+        sae.b_enc.fill_(-threshold * float(sae.input_scale))
     return sae
 
 
@@ -116,6 +128,8 @@ def main():
     ap.add_argument("--threshold", type=float, default=0.4, help="encoder threshold of the starting SAE")
     ap.add_argument("--device", type=device_spec, default="auto", help="auto (CUDA if present) | cpu | cuda | cuda:N")
     ap.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="autocast dtype; weights stay fp32")
+    ap.add_argument("--arch", nargs="+", choices=sorted(ARCHITECTURES), default=list(ARCHITECTURES),
+                    help="architectures to time (default: all)")
     args = ap.parse_args()
     device = device_or_exit(args.device, args.precision)
     compute = Compute(device, args.precision)
@@ -130,20 +144,17 @@ def main():
     dictionary = torch.nn.functional.normalize(torch.randn(n, d, generator=gen), dim=1)
     rows = b * (steps + 4)
     acts = sparse_mixtures(dictionary, rows, args.mix, gen).half().float()  # what the store will hold
-    sae = near_dictionary(dictionary, acts[:32_768], args.threshold, gen).to(device)
     data = acts[:b].to(device)
-
-    def step_rate(sparse_below):
-        """train_step's tokens/s on `data`, starting from `sae`; the L0 where it ends."""
-        stepped = copy.deepcopy(sae)
-        stepped.sparse_below, opt = sparse_below, adam(stepped, 1e-4)
-        tokens_per_s = b / timed(lambda: train_step(stepped, opt, data, 0.004, compute), steps, device)
-        with torch.no_grad(), compute.autocast():
-            return tokens_per_s, (stepped(data).f > 0).sum(-1).float().mean().item()
-
-    step_tok, l0 = step_rate(SparseAutoencoder.sparse_below)
-    if sparse_path:
-        dense_tok, _ = step_rate(0.0)  # the same step with every product dense
+    flops_per_token = 6 * d * n if sparse_path else 10 * d * n  # yardstick; or the five GEMMs executed
+    print(f"shape=d_in{d}_d_sae{n}_batch{b}_{args.precision}")
+    if not sparse_path:
+        print(f"device={device}")
+        if device.type == "cuda":
+            print(f"gpu={torch.cuda.get_device_name(device)}")
+        print(f"flops_per_token={flops_per_token}")
+    print(f"threads={torch.get_num_threads()}")
+    print(f"omp_wait_policy={os.environ.get('OMP_WAIT_POLICY', 'unset')}")  # PASSIVE: far faster on busy cores
+    print(f"matmul_peak_gflops={peak / 1e9:.1f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         store = zarr.create_array(Path(tmp) / "a.zarr", shape=(rows, d), chunks=(2048, d), dtype="float16")
@@ -155,33 +166,33 @@ def main():
         def sample_inputs(k, g):
             return torch.from_numpy(store[: min(k, rows)].astype(np.float32))
 
-        cfg = TrainConfig(steps=steps + 2, l1_coefficient=0.004, batch_size=b, log_every=10**9)
-        train_sae(copy.deepcopy(sae), batches, sample_inputs, cfg, compute=compute)  # warm-up (and page cache)
-        state = train_sae(copy.deepcopy(sae), batches, sample_inputs, cfg, compute=compute)
-        trainer_tok = state.history[-1]["tokens_per_second"]  # steady state: b_dec's init excluded
+        for arch in args.arch:
+            sae = near_dictionary(arch, dictionary, acts[:32_768], args.threshold, gen).to(device)
 
-    flops_per_token = 6 * d * n if sparse_path else 10 * d * n  # yardstick; or the five GEMMs executed
-    print(f"shape=d_in{d}_d_sae{n}_batch{b}_{args.precision}")
-    if not sparse_path:
-        print(f"device={device}")
-        if device.type == "cuda":
-            print(f"gpu={torch.cuda.get_device_name(device)}")
-    print(f"threads={torch.get_num_threads()}")
-    print(f"omp_wait_policy={os.environ.get('OMP_WAIT_POLICY', 'unset')}")  # PASSIVE: far faster on busy cores
-    print(f"l0={l0:.1f}")
-    print(f"density={l0 / n:.4f}")
-    print(f"trainer_l0={state.history[-1]['l0']:.1f}")
-    print(f"matmul_peak_gflops={peak / 1e9:.1f}")
-    print(f"step_tokens_per_s={step_tok:.0f}")
-    if not sparse_path:
-        print(f"flops_per_token={flops_per_token}")
-    print(f"step_gflops={flops_per_token * step_tok / 1e9:.1f}")
-    print(f"ratio_to_peak={flops_per_token * step_tok / peak:.3f}")
-    if sparse_path:
-        print(f"dense_step_tokens_per_s={dense_tok:.0f}")
-        print(f"dense_ratio_to_peak={6 * d * n * dense_tok / peak:.3f}")
-    print(f"trainer_tokens_per_s={trainer_tok:.0f}")
-    print(f"trainer_to_step={trainer_tok / step_tok:.3f}")
+            def step_rate(sparse_below):
+                """train_step's tokens/s on `data`, starting from `sae`; the L0 where it ends."""
+                stepped = copy.deepcopy(sae)
+                stepped.sparse_below, opt = sparse_below, adam(stepped, 1e-4)
+                tokens_per_s = b / timed(lambda: train_step(stepped, opt, data, stepped.coefficient, compute),
+                                         steps, device)
+                with torch.no_grad(), compute.autocast():
+                    return tokens_per_s, (stepped(data).f > 0).sum(-1).float().mean().item()
+
+            step_tok, l0 = step_rate(sae.sparse_below)
+            cfg = TrainConfig(steps=steps + 2, batch_size=b, log_every=10**9)
+            train_sae(copy.deepcopy(sae), batches, sample_inputs, cfg, compute=compute)  # warm-up (and page cache)
+            state = train_sae(copy.deepcopy(sae), batches, sample_inputs, cfg, compute=compute)
+            trainer_tok = state.history[-1]["tokens_per_second"]  # steady state: the init excluded
+            out = {"l0": f"{l0:.1f}", "density": f"{l0 / n:.4f}", "trainer_l0": f"{state.history[-1]['l0']:.1f}",
+                   "step_tokens_per_s": f"{step_tok:.0f}", "step_gflops": f"{flops_per_token * step_tok / 1e9:.1f}",
+                   "ratio_to_peak": f"{flops_per_token * step_tok / peak:.3f}"}
+            if sparse_path and arch == "standard":  # the same step with every product dense
+                dense_tok, _ = step_rate(0.0)
+                out |= {"dense_step_tokens_per_s": f"{dense_tok:.0f}",
+                        "dense_ratio_to_peak": f"{6 * d * n * dense_tok / peak:.3f}"}
+            out |= {"trainer_tokens_per_s": f"{trainer_tok:.0f}", "trainer_to_step": f"{trainer_tok / step_tok:.3f}"}
+            for key, value in out.items():
+                print(f"{arch}.{key}={value}", flush=True)
 
 
 if __name__ == "__main__":

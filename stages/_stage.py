@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import polars as pl
 
@@ -28,10 +28,28 @@ from monosemantic.errors import UserError
 from monosemantic.params import Params, load_params
 
 
+class DictionaryName(NamedTuple):
+    name: str  # <architecture>-<size>: train_sae@<name>, models/sae/<name>, metrics/sae/<name>, ...
+    architecture: str
+    size: int
+
+
+def dictionary_name(params: Params, arg: str) -> DictionaryName:
+    """A per-dictionary stage's argument, checked once params.yaml is (a bad list there is the likelier fault)."""
+    names = params.sae.names()
+    if arg not in names:
+        raise UserError(f"dictionary {arg!r} is not one of params.yaml's ({', '.join(names)}: sae.architectures x "
+                        "sae.dict_sizes): run one of those, or add its architecture or size")
+    architecture, size = arg.rsplit("-", 1)
+    return DictionaryName(arg, architecture, int(size))
+
+
 class Stage:
     def __init__(self, name: str, params: Params, section: str | None, run: tracking.Run,
-                 sections: dict[str, dict[str, Any]], compute: Compute = Compute()):
+                 sections: dict[str, dict[str, Any]], compute: Compute = Compute(),
+                 dictionary: DictionaryName | None = None):
         self.name, self.params, self.run, self.compute = name, params, run, compute
+        self.dictionary = dictionary
         self.section = _section(params, section)
         self.sections = sections  # every params section the stage uses, as dvc.yaml lists them
         self.inputs: dict[str, dict[str, str]] = {}
@@ -82,15 +100,20 @@ def _section(params: Params, dotted: str | None):
     return params
 
 
+def _dump(value: Any) -> Any:
+    """A params section or value (a list such as sae.dict_sizes) as JSON data."""
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
 class _NoParams:
     def model_dump(self, mode: str = "json") -> dict:
         return {}
 
 
-def size_argument(stage: str) -> str:
-    """The <size> of a per-dictionary stage, checked only after params.yaml (see Stage.dict_size)."""
+def size_argument(stage: str, what: str = "<architecture>-<size>") -> str:
+    """The argument of a per-dictionary stage, checked only after params.yaml (see dictionary_name)."""
     if len(sys.argv) != 2:
-        sys.exit(f"usage: python -m stages.{stage} <dictionary size>")
+        sys.exit(f"usage: python -m stages.{stage} {what}")
     return sys.argv[1]
 
 
@@ -134,20 +157,24 @@ def _interrupt(signum, frame):
 
 
 @contextlib.contextmanager
-def run_stage(name: str, section: str | None, also: tuple[str, ...] = ()) -> Iterator[Stage]:
-    """`section`: the stage's own params section; `also`: other sections it reads (logged and recorded)."""
+def run_stage(name: str, section: str | None, also: tuple[str, ...] = (), dictionary: str | None = None
+              ) -> Iterator[Stage]:
+    """`section`: the stage's own params section; `also`: other sections it reads (logged and recorded),
+    where "{architecture}" stands for that of `dictionary`, the argument of a per-dictionary stage."""
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         params = load_params()
-        sections = {k: _section(params, k).model_dump(mode="json") for k in (section, *also) if k}
+        named = dictionary_name(params, dictionary) if dictionary is not None else None
+        also = tuple(k.format(architecture=named.architecture) if named else k for k in also)
+        sections = {k: _dump(_section(params, k)) for k in (section, *also) if k}
         c = params.compute
         with setup_compute(c.device, c.precision, c.threads, c.timeout_s) as compute:
             if not compute.is_main:  # rank 0 holds the lock and the MLflow run, and writes
-                yield Stage(name, params, section, tracking.SilentRun(), sections, compute)
+                yield Stage(name, params, section, tracking.SilentRun(), sections, compute, named)
                 return
             with _exclusive(name), tracking.start_run(name, sections, provenance.code_version(), _running,
                                                       compute.describe()) as run:
-                yield Stage(name, params, section, run, sections, compute)
+                yield Stage(name, params, section, run, sections, compute, named)
     except UserError as e:
         print(f"error in stage {name}: {e}", file=sys.stderr)
         sys.exit(2)

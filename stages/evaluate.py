@@ -1,4 +1,4 @@
-"""evaluate@<size>: the paper's metrics for one dictionary, on held-out contexts."""
+"""evaluate@<architecture>-<size>: the paper's metrics for one dictionary, on held-out contexts."""
 
 
 import numpy as np
@@ -14,16 +14,15 @@ from stages._stage import run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"evaluate@{arg}", "evaluate") as s:
-        size = s.dict_size(arg, "sae.dict_sizes")
-        p = s.section
-        for name, path in (("activations", "data/activations.zarr"), ("model", "models/transformer"),
-                           ("sae", f"models/sae/{size}")):
-            s.input(name, path)
-        store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{size}")
+    with run_stage(f"evaluate@{arg}", "evaluate", dictionary=arg) as s:
+        name, size, p = s.dictionary.name, s.dictionary.size, s.section
+        for key, path in (("activations", "data/activations.zarr"), ("model", "models/transformer"),
+                           ("sae", f"models/sae/{name}")):
+            s.input(key, path)
+        store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{name}")
         if sae.d_in != store.acts.shape[1]:
-            raise UserError(f"models/sae/{size} reads {sae.d_in}-dim activations but the store holds "
-                            f"{store.acts.shape[1]}: re-run train_sae@{size}")
+            raise UserError(f"models/sae/{name} reads {sae.d_in}-dim activations but the store holds "
+                            f"{store.acts.shape[1]}: re-run train_sae@{name}")
         ctx, hook = store.group.attrs["ctx"], store.group.attrs["hook"]
         (start, stop), (t0, t1) = store.splits["eval"], store.splits["train"]
         n_seq = min(stop - start, p.max_tokens) // ctx
@@ -35,8 +34,8 @@ def main(arg: str) -> None:
         device = s.compute.device
         metrics, histogram = evaluate_sae(model.to(device), hook, sae.to(device), contexts, mean, p.batch_seqs,
                                           p.ultralow_density, p.dense_density, p.histogram_bins, s.compute)
-        s.plot(f"plots/density/{size}.csv", histogram)
-        s.metrics(f"metrics/sae/{size}/eval.json", {"dict_size": size, **metrics})
+        s.plot(f"plots/density/{name}.csv", histogram)
+        s.metrics(f"metrics/sae/{name}/eval.json", {"dict_size": size, **metrics})
 
 
 if __name__ == "__main__":

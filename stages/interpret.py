@@ -1,4 +1,4 @@
-"""interpret@<size>: explain a sample of one dictionary's features and every MLP neuron, and score them."""
+"""interpret@<architecture>-<size>: explain a sample of one dictionary's features and every MLP neuron, and score them."""
 
 from pathlib import Path
 
@@ -15,20 +15,19 @@ from stages._stage import run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"interpret@{arg}", "interpret") as s:
-        p = s.section
-        size = s.dict_size(arg, "sae.dict_sizes")
+    with run_stage(f"interpret@{arg}", "interpret", dictionary=arg) as s:
+        p, name, size = s.section, s.dictionary.name, s.dictionary.size
         key = api_key(p.openai) if p.backend == "openai" else None  # fail before any work
         proxies = {proxy.name: detector(proxy) for proxy in p.proxies}
-        for name, path in (("activations", "data/activations.zarr"), ("tokenizer", "data/tokenizer.json"),
-                           ("model", "models/transformer"), ("sae", f"models/sae/{size}")):
-            s.input(name, path)
-        store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{size}")
+        for key, path in (("activations", "data/activations.zarr"), ("tokenizer", "data/tokenizer.json"),
+                           ("model", "models/transformer"), ("sae", f"models/sae/{name}")):
+            s.input(key, path)
+        store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{name}")
         tok = load_tokenizer("data/tokenizer.json")
         strings = token_strings(tok)
         if sae.d_in != store.acts.shape[1]:
-            raise UserError(f"models/sae/{size} reads {sae.d_in}-dim activations but the store holds "
-                            f"{store.acts.shape[1]}: re-run train_sae@{size}")
+            raise UserError(f"models/sae/{name} reads {sae.d_in}-dim activations but the store holds "
+                            f"{store.acts.shape[1]}: re-run train_sae@{name}")
         ctx = store.group.attrs["ctx"]
         t0, t1 = store.splits["train"]
         n = min(t1 - t0, p.max_tokens) // ctx * ctx
@@ -37,17 +36,19 @@ def main(arg: str) -> None:
         tokens = np.asarray(store.group["tokens"][t0 : t0 + n])
         backend = (Baseline(strings) if p.backend == "baseline"
                    else LLMBackend(ChatClient(p.openai, key), strings))
-        result = interpret_dictionary(store.acts, t0, tokens, ctx, sae, model, strings, proxies, backend, p, s.compute)
-        out = Path(f"reports/features/{size}")
+        separator = tok.token_to_id(s.params.tokenizer.separator)  # documents end here: the explainer / held-out split
+        result = interpret_dictionary(store.acts, t0, tokens, ctx, sae, model, strings, proxies, backend, p, s.compute,
+                                      separator=separator)
+        out = Path(f"reports/features/{name}")
         with atomic_output(out) as tmp:
             result.features.write_parquet(tmp / "features.parquet")
             result.examples.write_parquet(tmp / "examples.parquet")
             result.proxies.write_parquet(tmp / "proxies.parquet")
-            write_record(tmp, s.record(dict_size=size, n_tokens=n))
-        s.metrics(f"metrics/sae/{size}/interp.json", {"dict_size": size, **result.metrics})
+            write_record(tmp, s.record(dictionary=name, dict_size=size, n_tokens=n))
+        s.metrics(f"metrics/sae/{name}/interp.json", {"dict_size": size, **result.metrics})
         s.run.log_artifact(out / "features.parquet")
         f, n_ = result.metrics["features"], result.metrics["neurons"]
-        print(f"interpret@{size}: features {f.get('mean_pearson', float('nan')):.3f} vs neurons "
+        print(f"interpret@{name}: features {f.get('mean_pearson', float('nan')):.3f} vs neurons "
               f"{n_.get('mean_pearson', float('nan')):.3f} mean Pearson (control {f.get('control_mean_pearson')})")
 
 

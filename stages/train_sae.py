@@ -1,5 +1,6 @@
-"""train_sae@<size>: train one dictionary on the cached training activations."""
+"""train_sae@<architecture>-<size>: train one dictionary on the cached training activations."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -9,16 +10,15 @@ from monosemantic.activations.reader import batches, random_rows
 from monosemantic.errors import UserError
 from monosemantic.provenance import atomic_output, write_record
 from monosemantic.resources import check_memory
+from monosemantic.sae import build
 from monosemantic.sae.export import save_sae
-from monosemantic.sae.model import SparseAutoencoder
 from monosemantic.sae.trainer import TrainConfig, train_sae
 from stages._stage import run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"train_sae@{arg}", "sae.train") as s:
-        size = s.dict_size(arg, "sae.dict_sizes")
-        p = s.section
+    with run_stage(f"train_sae@{arg}", "sae.train", also=("sae.{architecture}",), dictionary=arg) as s:
+        d, p = s.dictionary, s.section
         s.input("activations", "data/activations.zarr")
         store = open_store("data/activations.zarr")
         acts, (start, stop) = store.acts, store.splits["train"]
@@ -33,30 +33,32 @@ def main(arg: str) -> None:
         def sample_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
             return random_rows(acts, start, stop, n, gen)
 
-        cfg = TrainConfig.from_params(p)
+        cfg, options = TrainConfig.from_params(s.params.sae, d.architecture), s.params.sae.options(d.architecture)
         torch.manual_seed(p.seed)
-        sae = SparseAutoencoder(acts.shape[1], size).to(s.compute.device)
+        sae = build(d.architecture, acts.shape[1], d.size, options).to(s.compute.device)
         # Every rank walks the same global batches: a checkpoint resumes on any number of ranks.
-        checkpoint = Path(f"checkpoints/train_sae/{size}/checkpoint.pt")
-        state = train_sae(sae, global_batches, sample_inputs, cfg, checkpoint, s.fingerprint(size, s.compute.precision),
+        checkpoint = Path(f"checkpoints/train_sae/{d.name}/checkpoint.pt")
+        state = train_sae(sae, global_batches, sample_inputs, cfg, checkpoint,
+                          s.fingerprint(d.name, asdict(cfg), options, s.compute.precision),
                           lambda step, m: s.run.log_metrics(m, step), s.compute)
         if not s.compute.is_main:
             return
         final = state.history[-1]
         metrics = {
-            "loss": final["loss"], "mse": final["mse"], "l1": final["l1"], "l0": final["l0"],
-            "dead_features": final["dead_features"], "resample_events": len(state.resampled),
-            "resampled_neurons": sum(n for _, n in state.resampled), "tokens_seen": state.tokens,
-            "tokens_per_second": final["tokens_per_second"],
+            "dict_size": d.size,
+            **{k: final[k] for k in ("loss", "mse", "penalty", "l0", "dead_features")},
+            "resample_events": len(state.resampled), "resampled_neurons": sum(n for _, n in state.resampled),
+            "tokens_seen": state.tokens, "tokens_per_second": final["tokens_per_second"],
         }
-        out = Path(f"models/sae/{size}")
+        out = Path(f"models/sae/{d.name}")
         meta = {"hook_name": store.group.attrs["hook"], "model_name": "models/transformer",
                 "dataset_path": "data/activations.zarr", "context_size": store.group.attrs["ctx"]}
         with atomic_output(out) as tmp:
-            save_sae(sae, tmp, meta)
-            write_record(tmp, s.record(dict_size=size, resampling=state.resampled))
-        s.plot(f"plots/sae/{size}/train.csv", state.history)
-        s.metrics(f"metrics/sae/{size}/train.json", metrics)
+            save_sae(sae.cpu(), tmp, meta)
+            write_record(tmp, s.record(dictionary=d.name, architecture=d.architecture, dict_size=d.size,
+                                       resampling=state.resampled))
+        s.plot(f"plots/sae/{d.name}/train.csv", state.history)
+        s.metrics(f"metrics/sae/{d.name}/train.json", metrics)
         s.run.log_artifact(out)
         checkpoint.unlink(missing_ok=True)
 

@@ -24,27 +24,27 @@ from monosemantic.model.train import evaluate_loss, train_model
 from monosemantic.params import ModelParams
 from monosemantic.provenance import atomic_output, write_record
 from monosemantic.sae.export import load_sae, save_sae
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.standard import Standard
 from monosemantic.sae.trainer import State, TrainConfig, train_sae
 from monosemantic.tokens import TokenStore, read_tokens
 from stages._stage import Stage, run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"universality@{arg}", "universality", also=("model", "activations", "sae.train")) as s:
+    with run_stage(f"universality@{arg}", "universality", also=("model", "activations", "sae.train", "sae.standard")) as s:
         u = s.section
         size = s.dict_size(arg, "universality.dict_sizes")
         for name, path in (("tokens", "data/tokens.zarr"), ("activations", "data/activations.zarr"),
-                           ("model", "models/transformer"), ("sae", f"models/sae/{size}")):
+                           ("model", "models/transformer"), ("sae", f"models/sae/standard-{size}")):
             s.input(name, path)
         tokens, acts = read_tokens("data/tokens.zarr"), open_store("data/activations.zarr")
-        model_a, sae_a = load_model("models/transformer"), load_sae(f"models/sae/{size}")
+        model_a, sae_a = load_model("models/transformer"), load_sae(f"models/sae/standard-{size}")
         n_seq = min(tokens.n_eval, u.max_tokens // tokens.ctx)
         if n_seq == 0:
             raise UserError(f"universality.max_tokens={u.max_tokens} is less than one context of {tokens.ctx} tokens")
         if sae_a.d_in != acts.acts.shape[1]:
-            raise UserError(f"models/sae/{size} reads {sae_a.d_in}-dim activations but the store holds "
-                            f"{acts.acts.shape[1]}: re-run train_sae@{size}")
+            raise UserError(f"models/sae/standard-{size} reads {sae_a.d_in}-dim activations but the store holds "
+                            f"{acts.acts.shape[1]}: re-run train_sae@standard-{size}")
         work = Path(f"checkpoints/universality/{size}")
 
         model_b, fingerprint = _train_model_b(s, model_a, tokens, work)
@@ -134,20 +134,21 @@ def _cache_activations_b(s: Stage, model_b: Transformer, tokens: TokenStore, act
 
 
 def _train_sae_b(s: Stage, acts: VerifiedArray, size: int, work: Path, acts_fingerprint: str,
-                 ) -> tuple[SparseAutoencoder, State]:
+                 ) -> tuple[Standard, State]:
     """SAE B: the same size and sae.train as SAE A, on model B's activations."""
     p, n = s.params.sae.train, acts.shape[0]
-    cfg = TrainConfig.from_params(p)
+    cfg = TrainConfig.from_params(s.params.sae, "standard")
     torch.manual_seed(p.seed)
-    sae = SparseAutoencoder(acts.shape[1], size).to(s.compute.device)
+    sae = Standard(acts.shape[1], size, **s.params.sae.options("standard")).to(s.compute.device)
     state = train_sae(
         sae, lambda position: batches(acts, 0, n, p.batch_size, p.seed, p.window_chunks, position, p.reader_lanes),
         lambda k, gen: random_rows(acts, 0, n, k, gen), cfg, work / "sae.pt",
-        s.fingerprint("sae_b", acts_fingerprint, size, p.model_dump(mode="json")),
+        s.fingerprint("sae_b", acts_fingerprint, size, p.model_dump(mode="json"),
+                      s.params.sae.standard.model_dump(mode="json")),
         lambda step, m: s.run.log_metrics({f"sae_b.{k}": v for k, v in m.items()}, step), s.compute,
     )
     return sae.cpu(), state
 
 
 if __name__ == "__main__":
-    main(size_argument("universality"))
+    main(size_argument("universality", "<size>"))

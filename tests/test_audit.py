@@ -285,10 +285,10 @@ def test_an_input_params_yaml_names_may_live_outside_the_workspace(ws, tmp_path,
 
 @pytest.mark.e2e
 def test_the_pipelines_dictionary_records_its_files_and_a_copy_checks_them(repo, tmp_path, capsys):
-    record = json.loads((repo / "models/sae/128" / PROVENANCE_FILE).read_text())
+    record = json.loads((repo / "models/sae/standard-128" / PROVENANCE_FILE).read_text())
     assert {"sae_weights.safetensors", "cfg.json"} <= set(record["files"])
     assert "tokenizer.json" in json.loads((repo / "data/tokenizer.provenance.json").read_text())["files"]
-    copy = shutil.copytree(repo / "models/sae/128", tmp_path / "elsewhere")
+    copy = shutil.copytree(repo / "models/sae/standard-128", tmp_path / "elsewhere")
     assert run(copy, capsys)[0] == 3
     flip_byte(copy / "sae_weights.safetensors")
     code, out, _ = run(copy, capsys)

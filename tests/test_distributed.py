@@ -74,12 +74,12 @@ def test_two_processes_cache_the_same_bytes(repo, tmp_path):
 def test_two_processes_train_the_same_dictionary(repo, tmp_path):
     work = clone_repo(repo, tmp_path / "r")
     set_params(work, processes(2))
-    launch(work, "train_sae", "128")
-    one, two = load_sae(repo / "models/sae/128"), load_sae(work / "models/sae/128")
+    launch(work, "train_sae", "standard-128")
+    one, two = load_sae(repo / "models/sae/standard-128"), load_sae(work / "models/sae/standard-128")
     diff = max((a - b).abs().max().item() for a, b in zip(one.state_dict().values(), two.state_dict().values()))
     assert diff < SAE_TOLERANCE, diff
-    rec_one = json.loads((repo / "models/sae/128/provenance.json").read_text())
-    rec_two = json.loads((work / "models/sae/128/provenance.json").read_text())
+    rec_one = json.loads((repo / "models/sae/standard-128/provenance.json").read_text())
+    rec_two = json.loads((work / "models/sae/standard-128/provenance.json").read_text())
     assert rec_two["resampling"] == rec_one["resampling"]  # the same events, neuron counts included
     assert rec_two["compute"]["world_size"] == 2
     torch.testing.assert_close(two.W_dec.norm(dim=1), torch.ones(128))
@@ -107,18 +107,18 @@ def test_two_nodes_on_loopback_match_one_process(repo, tmp_path):
     node = clone_repo(repo, tmp_path / "node")
     set_params(node, processes(1, nodes=2, port=free_port()))
     set_params(node, lanes)
-    procs = [subprocess.Popen([*LAUNCH, "train_sae", "128"], cwd=node, env=ENV, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([*LAUNCH, "train_sae", "standard-128"], cwd=node, env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     single = clone_repo(repo, tmp_path / "single")
     set_params(single, lanes)
-    launch(single, "train_sae", "128")
-    a, b = load_sae(node / "models/sae/128"), load_sae(single / "models/sae/128")
+    launch(single, "train_sae", "standard-128")
+    a, b = load_sae(node / "models/sae/standard-128"), load_sae(single / "models/sae/standard-128")
     diff = max((x - y).abs().max().item() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert diff < SAE_TOLERANCE, diff
-    assert (json.loads((node / "models/sae/128/provenance.json").read_text())["resampling"]
-            == json.loads((single / "models/sae/128/provenance.json").read_text())["resampling"])
+    assert (json.loads((node / "models/sae/standard-128/provenance.json").read_text())["resampling"]
+            == json.loads((single / "models/sae/standard-128/provenance.json").read_text())["resampling"])
 
 
 def _worker_pids(parent: int) -> dict[int, int]:
@@ -138,9 +138,10 @@ def _worker_pids(parent: int) -> dict[int, int]:
 def test_a_killed_rank_ends_the_stage_naming_it_and_a_rerun_resumes(repo, tmp_path):
     work = clone_repo(repo, tmp_path / "r")
     set_params(work, processes(2))
-    set_params(work, lambda r: r["sae"]["train"].update(steps=300, checkpoint_every=50, resample_steps=[100, 200]))
-    ckpt = work / "checkpoints/train_sae/128/checkpoint.pt"
-    proc = subprocess.Popen([*LAUNCH, "train_sae", "128"], cwd=work, env=ENV, stdout=subprocess.PIPE,
+    set_params(work, lambda r: (r["sae"]["train"].update(steps=300, checkpoint_every=50),
+                                r["sae"]["standard"].update(resample_steps=[100, 200])))
+    ckpt = work / "checkpoints/train_sae/standard-128/checkpoint.pt"
+    proc = subprocess.Popen([*LAUNCH, "train_sae", "standard-128"], cwd=work, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
@@ -151,11 +152,11 @@ def test_a_killed_rank_ends_the_stage_naming_it_and_a_rerun_resumes(repo, tmp_pa
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and time.time() - t0 < 60
     assert "rank 1 (local rank 1" in err and "signal SIGKILL" in err, err[-3000:]
-    before = hash_path(work / "models/sae/128")
-    assert before == hash_path(repo / "models/sae/128")  # the previous dictionary is untouched
-    res = launch(work, "train_sae", "128")
+    before = hash_path(work / "models/sae/standard-128")
+    assert before == hash_path(repo / "models/sae/standard-128")  # the previous dictionary is untouched
+    res = launch(work, "train_sae", "standard-128")
     assert "resuming SAE training" in res.stdout + res.stderr and not ckpt.exists()
-    assert json.loads((work / "metrics/sae/128/train.json").read_text())["tokens_seen"] == 300 * 512
+    assert json.loads((work / "metrics/sae/standard-128/train.json").read_text())["tokens_seen"] == 300 * 512
 
 
 def test_cuda_without_cuda_fails_before_any_work(repo, tmp_path):
@@ -163,10 +164,10 @@ def test_cuda_without_cuda_fails_before_any_work(repo, tmp_path):
         pytest.skip("this machine has CUDA")
     work = clone_repo(repo, tmp_path / "r")
     set_params(work, lambda r: r["compute"].update(device="cuda"))
-    before = hash_path(work / "models/sae/128")
-    for cmd in ([*LAUNCH, "train_sae", "128"], [sys.executable, "-m", "stages.evaluate", "128"]):
+    before = hash_path(work / "models/sae/standard-128")
+    for cmd in ([*LAUNCH, "train_sae", "standard-128"], [sys.executable, "-m", "stages.evaluate", "standard-128"]):
         res = subprocess.run(cmd, cwd=work, env=ENV, capture_output=True, text=True, timeout=120)
         assert res.returncode == 2 and "compute.device" in res.stderr and "Traceback" not in res.stderr, res.stderr
-    res = sh("dvc", "repro", "-f", "train_sae@128", cwd=work, check=False)
+    res = sh("dvc", "repro", "-f", "train_sae@standard-128", cwd=work, check=False)
     assert res.returncode != 0 and "compute.device" in res.stderr
-    assert hash_path(work / "models/sae/128") == before
+    assert hash_path(work / "models/sae/standard-128") == before

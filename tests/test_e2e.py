@@ -66,7 +66,7 @@ def test_subject_model_learned(repo):
 def test_repro_is_clean_and_a_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo).stdout
     out = sh("dvc", "repro", cwd=repo).stdout
-    assert "Running stage" not in out and out.count("didn't change, skipping") == 13
+    assert "Running stage" not in out and out.count("didn't change, skipping") == 19
 
 
 def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
@@ -75,9 +75,9 @@ def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("monosemantic")
     runs = {r.data.tags["monosemantic.stage"]: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations",
-                         "train_sae@128", "train_sae@256", "evaluate@128", "evaluate@256", "interpret@128",
-                         "interpret@256", "compare", "report"}
+    assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations", "compare", "report",
+                         *(f"{stage}@{name}" for stage in ("train_sae", "evaluate", "interpret")
+                           for name in ("standard-128", "standard-256", "topk-128", "topk-256"))}
     assert all(r.info.status == "FINISHED" for r in runs.values())
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     out_md5 = {o["path"]: o["md5"] for st in lock.values() for o in st.get("outs", [])}
@@ -143,12 +143,12 @@ def test_hf_model_source(repo, tmp_path):
         r["model"].update(source="hf", hook="transformer.h.0.mlp.act", hf={"name_or_path": str(tmp_path / "gpt2")})
 
     set_params(work, use_hf)
-    sh("dvc", "repro", "evaluate@128", cwd=work)  # the splice goes through the same hook as the cache
+    sh("dvc", "repro", "evaluate@standard-128", cwd=work)  # the splice goes through the same hook as the cache
     assert (work / "models/transformer/model.safetensors").exists()
     acts = zarr.open_group(work / "data/activations.zarr", mode="r")
     assert acts["acts"].shape == (48000, 4 * 48) and acts.attrs["hook"] == "transformer.h.0.mlp.act"
     assert acts.attrs["model_config"]["model_type"] == "gpt2"
-    ev = json.loads((work / "metrics/sae/128/eval.json").read_text())
+    ev = json.loads((work / "metrics/sae/standard-128/eval.json").read_text())
     assert ev["loss_original"] > 0 and np.isfinite(ev["kl_divergence"]) and ev["n_eval_tokens"] == 8000
 
 
@@ -182,12 +182,13 @@ def test_killed_train_model_stage_resumes(repo, tmp_path):
 
 @pytest.mark.parametrize("size", [128, 256])
 def test_dictionaries_in_saelens_format_with_provenance_and_curves(repo, size):
+    name = f"standard-{size}"
     import mlflow
     from safetensors.torch import load_file
 
     from monosemantic.sae.export import load_sae
 
-    out = repo / f"models/sae/{size}"
+    out = repo / f"models/sae/{name}"
     cfg = json.loads((out / "cfg.json").read_text())
     assert (cfg["d_in"], cfg["d_sae"], cfg["architecture"]) == (128, size, "standard")
     assert cfg["metadata"]["context_size"] == 32 and cfg["metadata"]["hook_name"] == "mlp.act"
@@ -197,13 +198,13 @@ def test_dictionaries_in_saelens_format_with_provenance_and_curves(repo, size):
     record = json.loads((out / "provenance.json").read_text())
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     acts_md5 = next(o["md5"] for o in lock["cache_activations"]["outs"] if o["path"] == "data/activations.zarr")
-    assert record["inputs"]["activations"]["md5"] == acts_md5 and record["dict_size"] == size
+    assert record["inputs"]["activations"]["md5"] == acts_md5 and record["dictionary"] == name
     assert [step for step, _ in record["resampling"]] == [30, 60]
 
-    m = json.loads((repo / f"metrics/sae/{size}/train.json").read_text())
+    m = json.loads((repo / f"metrics/sae/{name}/train.json").read_text())
     assert m["tokens_seen"] == 120 * 512 and m["resample_events"] == 2 and 0 < m["l0"] < size
-    assert all(np.isfinite(m[k]) for k in ("loss", "mse", "l1"))
-    rows = (repo / f"plots/sae/{size}/train.csv").read_text().splitlines()
+    assert all(np.isfinite(m[k]) for k in ("loss", "mse", "penalty"))
+    rows = (repo / f"plots/sae/{name}/train.csv").read_text().splitlines()
     header = rows[0].split(",")
     assert {"step", "loss", "mse", "l0", "dead_features", "resampled_neurons"} <= set(header)
     steps = [int(r.split(",")[0]) for r in rows[1:]]
@@ -218,30 +219,31 @@ def test_dictionaries_in_saelens_format_with_provenance_and_curves(repo, size):
 
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("monosemantic")
-    run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags["monosemantic.stage"] == f"train_sae@{size}")
+    run = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags["monosemantic.stage"] == f"train_sae@{name}")
     assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {acts_md5}
     assert [m.step for m in client.get_metric_history(run.info.run_id, "l0") if m.step] == steps
-    assert any(a.path == str(size) for a in client.list_artifacts(run.info.run_id))
+    assert any(a.path == name for a in client.list_artifacts(run.info.run_id))
 
 
 def test_killed_train_sae_stage_resumes_to_the_same_dictionary(repo, tmp_path):
     from monosemantic.sae.export import load_sae
 
     def longer(r):
-        r["sae"]["train"].update(steps=300, checkpoint_every=50, resample_steps=[100, 200])
+        r["sae"]["train"].update(steps=300, checkpoint_every=50)
+        r["sae"]["standard"].update(resample_steps=[100, 200])
 
     work = clone_repo(repo, tmp_path / "r")
     set_params(work, longer)
-    ckpt = work / "checkpoints/train_sae/128/checkpoint.pt"
-    kill_once_checkpointed(work, ["stages.train_sae", "128"], ckpt)
-    res = sh("dvc", "repro", "train_sae@128", cwd=work)
+    ckpt = work / "checkpoints/train_sae/standard-128/checkpoint.pt"
+    kill_once_checkpointed(work, ["stages.train_sae", "standard-128"], ckpt)
+    res = sh("dvc", "repro", "train_sae@standard-128", cwd=work)
     assert "resuming SAE training" in res.stdout + res.stderr and not ckpt.exists()
     fresh = clone_repo(repo, tmp_path / "fresh")
     set_params(fresh, longer)
-    sh("dvc", "repro", "train_sae@128", cwd=fresh)
-    resumed, clean = load_sae(work / "models/sae/128"), load_sae(fresh / "models/sae/128")
+    sh("dvc", "repro", "train_sae@standard-128", cwd=fresh)
+    resumed, clean = load_sae(work / "models/sae/standard-128"), load_sae(fresh / "models/sae/standard-128")
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), clean.state_dict().values()))
-    assert (work / "plots/sae/128/train.csv").read_text().count("\n") == 31  # header + 300/10 rows
+    assert (work / "plots/sae/standard-128/train.csv").read_text().count("\n") == 31  # header + 300/10 rows
 
 
 def audit_cli(path, cwd):
@@ -251,9 +253,9 @@ def audit_cli(path, cwd):
 
 
 def test_audit_of_a_dictionary_lists_its_lineage_and_passes(repo):
-    code, report = audit_cli("models/sae/128", repo)
+    code, report = audit_cli("models/sae/standard-128", repo)
     assert code == 0 and report["verdict"] == "verified", (report["problems"], report["unchecked"])
-    assert set(report["artifacts"]) == {"models/sae/128", "data/activations.zarr", "models/transformer",
+    assert set(report["artifacts"]) == {"models/sae/standard-128", "data/activations.zarr", "models/transformer",
                                         "data/tokens.zarr", "data/tokenizer.json", "data/corpus"}
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     for stage in ("corpus", "tokenizer", "tokenize", "train_model", "cache_activations"):
@@ -262,7 +264,7 @@ def test_audit_of_a_dictionary_lists_its_lineage_and_passes(repo):
     corpus = report["artifacts"]["data/corpus"]["record"]
     assert {s["kind"] for s in corpus["sources"]} == {"builtin", "synthetic"}
     assert all("seed" in s for s in corpus["sources"]) and corpus["sources"][0]["python"]
-    text = sh(str(BIN / "monosemantic"), "audit", "models/sae/128", cwd=repo).stdout
+    text = sh(str(BIN / "monosemantic"), "audit", "models/sae/standard-128", cwd=repo).stdout
     assert "audit passed: verified" in text and "[cache_activations]" in text and "mlflow run" in text
 
 
@@ -284,7 +286,7 @@ def _flip_byte(path: Path) -> None:
 def test_audit_names_what_changed_after_the_run(repo, tmp_path, edit, culprit, kind):
     work = clone_repo(repo, tmp_path / "r")
     edit(work)
-    code, report = audit_cli("models/sae/128", work)
+    code, report = audit_cli("models/sae/standard-128", work)
     assert code == 1 and not report["ok"]
     found = [p for p in report["problems"] if p["path"] == culprit and p["kind"] == kind]
     assert found, report["problems"]
@@ -294,7 +296,7 @@ def test_audit_names_what_changed_after_the_run(repo, tmp_path, edit, culprit, k
 
 
 def test_a_copied_dictionary_is_audited_from_its_own_record(repo, tmp_path):
-    shutil.copytree(repo / "models/sae/128", tmp_path / "elsewhere")
+    shutil.copytree(repo / "models/sae/standard-128", tmp_path / "elsewhere")
     code, report = audit_cli(tmp_path / "elsewhere", tmp_path)
     assert code == 3 and report["verdict"] == "unverifiable" and report["workspace"] is None
     assert report["artifacts"]["data/activations.zarr"]["md5"].endswith(".dir")
@@ -306,9 +308,10 @@ EVAL_KEYS = {"mse", "fvu", "l0", "loss_original", "loss_reconstructed", "loss_ze
              "ultralow_threshold", "dense_fraction", "n_eval_tokens"}
 
 
-@pytest.mark.parametrize("size", [128, 256])
-def test_every_dictionary_is_evaluated_on_held_out_tokens(repo, size):
-    ev = json.loads((repo / f"metrics/sae/{size}/eval.json").read_text())
+@pytest.mark.parametrize("name", ["standard-128", "standard-256", "topk-128", "topk-256"])
+def test_every_dictionary_is_evaluated_on_held_out_tokens(repo, name):
+    size = int(name.split("-")[1])
+    ev = json.loads((repo / f"metrics/sae/{name}/eval.json").read_text())
     assert EVAL_KEYS <= set(ev) and all(np.isfinite(v) for v in ev.values())
     assert ev["n_eval_tokens"] == 8000  # evaluate.max_tokens of the tiny params, all from the eval split
     assert 0 < ev["l0"] < size and 0 < ev["fvu"] < 1 and ev["kl_divergence"] > 0
@@ -317,17 +320,20 @@ def test_every_dictionary_is_evaluated_on_held_out_tokens(repo, size):
     for key in ("dead_fraction", "ultralow_fraction", "dense_fraction"):
         assert 0 <= ev[key] <= 1
     assert ev["ultralow_threshold"] == 1 / 8000  # 1e-6 cannot be resolved from 8000 tokens
-    histogram = pl.read_csv(repo / f"plots/density/{size}.csv")
+    histogram = pl.read_csv(repo / f"plots/density/{name}.csv")
     assert histogram["features"].sum() + ev["dead_features"] == size
 
 
-def test_sizes_are_compared_and_summarised(repo):
-    frontier = pl.read_csv(repo / "plots/frontier.csv")
-    assert frontier["dict_size"].to_list() == [128, 256]
+def test_architectures_and_sizes_are_compared_and_summarised(repo):
+    for arch in ("standard", "topk"):
+        frontier = pl.read_csv(repo / f"plots/frontier/{arch}.csv")
+        assert frontier["dict_size"].to_list() == [128, 256] and frontier["l0"].is_between(0, 256).all()
+    assert pl.read_csv(repo / "plots/frontier/topk.csv")["l0"].to_list() == pytest.approx([8, 8], abs=0.5)
     nearest = pl.read_parquet(repo / "reports/splitting/nearest.parquet")
-    assert nearest.height == 256 and set(nearest["other_size"]) == {128} and nearest["nearest"].max() < 128
+    assert nearest.height == 2 * 256 and set(nearest["architecture"]) == {"standard", "topk"}
+    assert set(nearest["other_size"]) == {128} and nearest["nearest"].max() < 128
     assert nearest["cosine"].is_between(-1, 1).all()
-    assert "256_to_128" in json.loads((repo / "metrics/splitting.json").read_text())
+    assert {"standard", "topk"} <= set(json.loads((repo / "metrics/splitting.json").read_text()))
     summary = (repo / "reports/summary.md").read_text()
     assert "| 128 |" in summary and "| 256 |" in summary and "256 → 128" in summary
 
@@ -338,16 +344,17 @@ def test_metrics_diff_shows_the_evaluation_after_a_params_change(repo, tmp_path)
     sh("git", "commit", "-qm", "baseline results", cwd=work)
     set_params(work, lambda r: r["evaluate"].update(max_tokens=4000))
     out = sh("dvc", "repro", cwd=work).stdout
-    assert {"evaluate@128", "evaluate@256", "compare", "report"} == set(
+    assert {*(f"evaluate@{a}-{s}" for a in ("standard", "topk") for s in (128, 256)), "compare", "report"} == set(
         line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     diff = sh("dvc", "metrics", "diff", "--md", cwd=work).stdout
-    assert "metrics/sae/128/eval.json" in diff and "n_eval_tokens" in diff and "loss_recovered" in diff
+    assert "metrics/sae/topk-128/eval.json" in diff and "n_eval_tokens" in diff and "loss_recovered" in diff
     assert "| 8000 " in diff and "| 4000 " in diff
 
 
 @pytest.mark.parametrize("size", [128, 256])
 def test_features_and_neurons_are_explained_and_scored(repo, size):
-    m = json.loads((repo / f"metrics/sae/{size}/interp.json").read_text())
+    name = f"standard-{size}"
+    m = json.loads((repo / f"metrics/sae/{name}/interp.json").read_text())
     assert m["backend"] == "baseline" and m["n_tokens"] == 40000
     assert m["features"]["scored"] == 40 and m["neurons"]["scored"] + m["neurons"]["too_rare"] == 128
     for kind in ("features", "neurons"):  # explanations beat the chance level of a random one
@@ -356,7 +363,7 @@ def test_features_and_neurons_are_explained_and_scored(repo, size):
     assert d["ci_low"] < d["mean"] < d["ci_high"]
     # The planted base64 domain has a feature of its own.
     assert m["proxies"]["base64"]["feature_f1"] >= 0.8, m["proxies"]
-    features = pl.read_parquet(repo / f"reports/features/{size}/features.parquet")
+    features = pl.read_parquet(repo / f"reports/features/{name}/features.parquet")
     assert features.height == size + 128 and features.filter(pl.col("interpreted")).height == m["features"][
         "interpreted"] + m["neurons"]["interpreted"]
     explained = features.filter(pl.col("interpreted"))
@@ -364,7 +371,7 @@ def test_features_and_neurons_are_explained_and_scored(repo, size):
     assert explained["logit_boost_tokens"].list.len().min() == 10
     # pass 2 re-encodes only the chosen units: a sign flip of a value within rounding of 0 may move a count
     assert ((explained["hist_counts"].list.sum() - explained["density"] * 40000).abs() <= 2).all()
-    examples = pl.read_parquet(repo / f"reports/features/{size}/examples.parquet")
+    examples = pl.read_parquet(repo / f"reports/features/{name}/examples.parquet")
     held = examples.filter(pl.col("split") == "heldout")
     assert held["simulated"].null_count() == 0 and examples.filter(pl.col("split") == "train")["simulated"].null_count() \
         == examples.filter(pl.col("split") == "train").height
@@ -372,4 +379,4 @@ def test_features_and_neurons_are_explained_and_scored(repo, size):
     for (kind, index), rows in examples.group_by(["kind", "index"]):  # no context on both sides
         train = set(rows.filter(pl.col("split") == "train")["context"])
         assert not train & set(rows.filter(pl.col("split") == "heldout")["context"])
-    assert json.loads((repo / f"reports/features/{size}/provenance.json").read_text())["inputs"]["sae"]["md5"]
+    assert json.loads((repo / f"reports/features/{name}/provenance.json").read_text())["inputs"]["sae"]["md5"]

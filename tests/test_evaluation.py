@@ -14,13 +14,13 @@ from monosemantic.evaluation.metrics import Reconstruction
 from monosemantic.model import Transformer, TransformerConfig
 from monosemantic.model.hooks import logits, splice
 from monosemantic.report.summary import summary_markdown
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.standard import Standard
 from tests.test_model import tiny_gpt2
 
 
-def identity_sae(d: int) -> SparseAutoencoder:
+def identity_sae(d: int) -> Standard:
     """Exactly the identity on any input: f = [relu(x), relu(-x)], x̂ = relu(x) − relu(−x)."""
-    sae = SparseAutoencoder(d, 2 * d)
+    sae = Standard(d, 2 * d)
     eye = torch.eye(d)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], 1))
@@ -30,7 +30,7 @@ def identity_sae(d: int) -> SparseAutoencoder:
     return sae
 
 
-def zero_sae(d: int) -> SparseAutoencoder:
+def zero_sae(d: int) -> Standard:
     sae = identity_sae(d)
     with torch.no_grad():
         sae.W_dec.zero_()
@@ -176,6 +176,6 @@ def test_summary_table_has_a_row_per_size():
             "tokens_seen": 1000, "n_eval_tokens": 500, "ultralow_threshold": 0.002, "dense_threshold": 0.1}
     text = summary_markdown([{**base, "dict_size": 512, "loss_recovered": 0.7},
                              {**base, "dict_size": 4096, "loss_recovered": 0.8, "fvu": math.nan}])
-    rows = [line for line in text.splitlines() if line.startswith("| 512") or line.startswith("| 4096")]
-    assert rows[0].split("|")[5].strip() == "70.0%" and "–" in rows[1]
+    rows = [line for line in text.splitlines() if line.startswith(("| standard | 512 ", "| standard | 4096 "))]
+    assert rows[0].split("|")[6].strip() == "70.0%" and "–" in rows[1]
     assert "rises with dictionary size" in text

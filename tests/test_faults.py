@@ -75,30 +75,32 @@ class Fault:
 
 STAGE = [sys.executable, "-m"]
 FAULTS = [
-    Fault("corrupt chunk, train_sae", flip_byte(SHARD), [*STAGE, "stages.train_sae", "128"],
-          "fails its checksum", ("models/sae/128",), timeout=120),
-    Fault("missing shard", delete(SHARD), [*STAGE, "stages.train_sae", "128"],
-          "acts/c/3/0 is missing", ("models/sae/128",)),
-    Fault("missing shard, interpret", delete("data/activations.zarr/tokens/c/0"), [*STAGE, "stages.interpret", "128"],
-          "tokens/c/0 is missing", ("reports/features/128",)),
-    Fault("nan activations", nan_rows, [*STAGE, "stages.train_sae", "128"],
-          "non-finite activation at row 4096", ("models/sae/128",)),
-    Fault("nan activations, evaluate", nan_column, [*STAGE, "stages.evaluate", "128"],
-          "non-finite activation", ("metrics/sae/128/eval.json",)),
-    Fault("dictionary size 0", sizes(128, 0), [*STAGE, "stages.train_sae", "128"],
-          "sae.dict_sizes", ("models/sae/128",)),
-    Fault("negative dictionary size", sizes(128, -256), [*STAGE, "stages.evaluate", "128"],
-          "sae.dict_sizes", ("metrics/sae/128/eval.json",)),
+    Fault("corrupt chunk, train_sae", flip_byte(SHARD), [*STAGE, "stages.train_sae", "standard-128"],
+          "fails its checksum", ("models/sae/standard-128",), timeout=120),
+    Fault("missing shard", delete(SHARD), [*STAGE, "stages.train_sae", "standard-128"],
+          "acts/c/3/0 is missing", ("models/sae/standard-128",)),
+    Fault("missing shard, interpret", delete("data/activations.zarr/tokens/c/0"), [*STAGE, "stages.interpret", "standard-128"],
+          "tokens/c/0 is missing", ("reports/features/standard-128",)),
+    Fault("nan activations", nan_rows, [*STAGE, "stages.train_sae", "standard-128"],
+          "non-finite activation at row 4096", ("models/sae/standard-128",)),
+    Fault("nan activations, evaluate", nan_column, [*STAGE, "stages.evaluate", "standard-128"],
+          "non-finite activation", ("metrics/sae/standard-128/eval.json",)),
+    Fault("dictionary size 0", sizes(128, 0), [*STAGE, "stages.train_sae", "standard-128"],
+          "sae.dict_sizes", ("models/sae/standard-128",)),
+    Fault("negative dictionary size", sizes(128, -256), [*STAGE, "stages.evaluate", "standard-128"],
+          "sae.dict_sizes", ("metrics/sae/standard-128/eval.json",)),
     Fault("duplicate dictionary size", sizes(128, 128), [*STAGE, "stages.compare"],
-          "sae.dict_sizes", ("reports/splitting", "plots/frontier.csv", "metrics/splitting.json")),
-    Fault("dictionary larger than memory", sizes(128, 4_000_000), [*STAGE, "stages.train_sae", "128"],
-          "sae.dict_sizes", ("models/sae/128",)),
+          "sae.dict_sizes", ("reports/splitting", "plots/frontier", "metrics/splitting.json")),
+    Fault("unknown dictionary", lambda work: None, [*STAGE, "stages.train_sae", "topk-999"],
+          "'topk-999' is not one of params.yaml's", ("models/sae/topk-128",)),
+    Fault("dictionary larger than memory", sizes(128, 4_000_000), [*STAGE, "stages.train_sae", "standard-128"],
+          "sae.dict_sizes", ("models/sae/standard-128",)),
     Fault("callable proxy without opt-in",
           params(lambda r: r["interpret"].update(proxies=[{"name": "x", "callable": "os:system"}])),
-          [*STAGE, "stages.interpret", "128"], "callable", ("reports/features/128",)),
+          [*STAGE, "stages.interpret", "standard-128"], "callable", ("reports/features/standard-128",)),
     Fault("plain-http endpoint with a key",
           params(lambda r: r["interpret"].update(backend="openai", openai={"base_url": "http://example.com/v1"})),
-          [*STAGE, "stages.interpret", "128"], "http", ("reports/features/128",)),
+          [*STAGE, "stages.interpret", "standard-128"], "http", ("reports/features/standard-128",)),
 ]
 
 
@@ -118,10 +120,10 @@ def test_report_refuses_interpretations_of_an_earlier_dictionary(repo, tmp_path)
     """An interpret run that failed leaves the previous pages: the report must not show them as current."""
     work = clone_repo(repo, tmp_path / "r")
     before = hash_path(work / "reports/index.html")
-    sae = work / "models/sae/128/cfg.json"
+    sae = work / "models/sae/standard-128/cfg.json"
     sae.write_text(sae.read_text() + " ")  # any change to the dictionary the pages were made from
     res = sh(sys.executable, "-m", "stages.report", cwd=work, check=False)
-    assert res.returncode == 2 and "interpret@128" in res.stderr, res.stderr[-2000:]
+    assert res.returncode == 2 and "interpret@standard-128" in res.stderr, res.stderr[-2000:]
     assert hash_path(work / "reports/index.html") == before
 
 
@@ -129,14 +131,14 @@ def test_a_second_process_of_a_stage_is_refused(repo, tmp_path):
     import fcntl
 
     work = clone_repo(repo, tmp_path / "r")
-    lock = work / ".cache/locks/train_sae@128.lock"
+    lock = work / ".cache/locks/train_sae@standard-128.lock"
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.truncate(0)
         held.write("process 4242 since earlier\n")
         held.flush()
-        res = sh(sys.executable, "-m", "stages.train_sae", "128", cwd=work, check=False)
+        res = sh(sys.executable, "-m", "stages.train_sae", "standard-128", cwd=work, check=False)
     assert res.returncode == 2 and "already running (process 4242" in res.stderr, res.stderr[-2000:]
     sh(sys.executable, "-m", "stages.compare", cwd=work)  # and the lock is per stage, released on exit
 
@@ -152,12 +154,12 @@ def _runs(work: Path) -> dict[str, list[str]]:
 
 
 def _training_with_its_run_open(work: Path) -> subprocess.Popen:
-    """A long train_sae@128, returned once its MLflow run is RUNNING."""
+    """A long train_sae@standard-128, returned once its MLflow run is RUNNING."""
     set_params(work, lambda r: r["sae"]["train"].update(steps=3000))
-    proc = subprocess.Popen([sys.executable, "-m", "stages.train_sae", "128"], cwd=work, env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "stages.train_sae", "standard-128"], cwd=work, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
-    while "RUNNING" not in _runs(work).get("train_sae@128", []) and time.time() < deadline:
+    while "RUNNING" not in _runs(work).get("train_sae@standard-128", []) and time.time() < deadline:
         time.sleep(0.2)
     return proc
 
@@ -167,9 +169,9 @@ def test_a_killed_stage_leaves_no_run_running(repo, tmp_path):
     proc = _training_with_its_run_open(work)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert "RUNNING" in _runs(work)["train_sae@128"]
+    assert "RUNNING" in _runs(work)["train_sae@standard-128"]
     sh(sys.executable, "-m", "stages.compare", cwd=work)  # any later stage closes it
-    assert "RUNNING" not in _runs(work)["train_sae@128"] and "KILLED" in _runs(work)["train_sae@128"]
+    assert "RUNNING" not in _runs(work)["train_sae@standard-128"] and "KILLED" in _runs(work)["train_sae@standard-128"]
 
 
 def test_sigterm_ends_the_run_killed(repo, tmp_path):
@@ -177,8 +179,8 @@ def test_sigterm_ends_the_run_killed(repo, tmp_path):
     proc = _training_with_its_run_open(work)
     proc.terminate()
     proc.wait(timeout=60)
-    assert proc.returncode == 130 and "RUNNING" not in _runs(work)["train_sae@128"]
-    assert "KILLED" in _runs(work)["train_sae@128"]
+    assert proc.returncode == 130 and "RUNNING" not in _runs(work)["train_sae@standard-128"]
+    assert "KILLED" in _runs(work)["train_sae@standard-128"]
 
 
 def test_a_kill_while_the_mlflow_store_is_created_leaves_no_broken_store(tmp_path):

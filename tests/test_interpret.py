@@ -282,7 +282,7 @@ class _FlakyBackend(Baseline):
 
 def test_interpret_dictionary_records_a_failed_explanation_and_scores_the_rest():
     from monosemantic.interpret import interpret_dictionary
-    from monosemantic.sae.model import SparseAutoencoder
+    from monosemantic.sae.standard import Standard
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -292,7 +292,7 @@ def test_interpret_dictionary_records_a_failed_explanation_and_scores_the_rest()
     acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
     acts[:, 0] = (tokens == A) * 3.0  # neuron 0 fires on "Alpha", only
     model = Transformer(TransformerConfig(vocab_size=len(VOCAB), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
-    sae = SparseAutoencoder(d, 12)
+    sae = Standard(d, 12)
     p = _params(features=5, min_contexts=2, split_block_contexts=2)
     alpha = {"alpha": detector(Proxy(name="alpha", regex="Alpha"))}
     r = interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB, alpha, _FlakyBackend(VOCAB), p)

@@ -41,11 +41,11 @@ def test_paper_params_are_valid_and_fit_a_gpu_node():
     # Complete: every key the default params.yaml writes out, this file writes too.
     assert keys(yaml.safe_load((ROOT / "params.yaml").read_text())) <= keys(raw)
 
-    c, t = params.compute, params.sae.train
+    c, t, std = params.compute, params.sae.train, params.sae.standard
     assert (c.device, c.precision, c.nnodes, c.nproc_per_node) == ("cuda", "bf16", 1, 8)
-    assert (t.batch_size, t.resample, t.resample_steps) == (8192, True, [25_000, 50_000, 75_000, 100_000])
-    assert (t.dead_window, t.resample_inputs) == (12_500, 819_200)
-    assert t.steps > max(t.resample_steps) + 2 * t.dead_window  # resampled features get time to settle
+    assert (t.batch_size, std.resample, std.resample_steps) == (8192, True, [25_000, 50_000, 75_000, 100_000])
+    assert (t.dead_window, std.resample_inputs) == (12_500, 819_200)
+    assert t.steps > max(std.resample_steps) + 2 * t.dead_window  # resampled features get time to settle
     assert max(params.sae.dict_sizes) >= 16384 and 4096 in params.sae.dict_sizes  # A/1 among them
     assert params.universality.dict_sizes == [4096]
     assert params.activations.max_train_tokens >= 100_000_000
@@ -80,14 +80,15 @@ SCALE = {
     "activations": {"max_train_tokens": 40_000, "max_eval_tokens": 8_000, "batch_seqs": 64, "chunk_seqs": 8,
                     "shard_chunks": 8},
     "sae": {"dict_sizes": [4, 32, 128, 512]},  # paper.yaml's / 128
-    "sae.train": {"batch_size": 512, "steps": 150, "resample_steps": [25, 50, 75, 100], "dead_window": 12,
-                  "resample_inputs": 8192, "lr_warmup_steps": 1, "lr_decay_steps": 30, "l1_warmup_steps": 5,
-                  "window_chunks": 8, "log_every": 10, "checkpoint_every": 50},  # steps / 1000
+    "sae.train": {"batch_size": 512, "steps": 150, "dead_window": 12, "lr_warmup_steps": 1, "lr_decay_steps": 30,
+                  "l1_warmup_steps": 5, "window_chunks": 8, "log_every": 10, "checkpoint_every": 50},  # steps / 1000
+    "sae.standard": {"resample_steps": [25, 50, 75, 100], "resample_inputs": 8192},
     "evaluate": {"max_tokens": 8000, "batch_seqs": 32, "mean_ablation_samples": 8192},
     "universality": {"dict_sizes": [32], "max_tokens": 4000},
     "interpret": {"max_tokens": 40_000, "features": 20},
 }
 SIZE = 128  # paper.yaml's 16384 / 128
+NAME = f"standard-{SIZE}"
 
 
 def scaled_down(raw: dict) -> dict:
@@ -107,7 +108,8 @@ def test_scaled_down_paper_params_keep_its_shape():
     big, little = Params.model_validate(raw), Params.model_validate(small)
     assert little.compute.nproc_per_node > 1 and little.compute.precision == big.compute.precision
     bt, lt = big.sae.train, little.sae.train
-    assert [s / bt.steps for s in bt.resample_steps] == [s / lt.steps for s in lt.resample_steps]
+    bs, ls = big.sae.standard, little.sae.standard
+    assert [s / bt.steps for s in bs.resample_steps] == [s / lt.steps for s in ls.resample_steps]
     assert abs(bt.dead_window / bt.steps - lt.dead_window / lt.steps) < 0.01
     assert little.corpus.sources == big.corpus.sources and little.corpus.files_root == big.corpus.files_root
 
@@ -127,18 +129,18 @@ def test_scaled_down_paper_params_run_with_the_documented_command(tmp_path):
             if chars > small["corpus"]["max_chars"]:
                 break
 
-    res = sh("sh", "-c", f"cp params/paper.yaml params.yaml && dvc repro train_sae@{SIZE}", cwd=repo, timeout=600)
+    res = sh("sh", "-c", f"cp params/paper.yaml params.yaml && dvc repro train_sae@{NAME}", cwd=repo, timeout=600)
     out = res.stdout + res.stderr
-    for stage in ("corpus", "tokenizer", "tokenize", "train_model", "cache_activations", f"train_sae@{SIZE}"):
+    for stage in ("corpus", "tokenizer", "tokenize", "train_model", "cache_activations", f"train_sae@{NAME}"):
         assert f"Running stage '{stage}'" in out, out[-3000:]
     assert out.count("launching: torchrun") == 3  # train_model, cache_activations, train_sae: 2 ranks each
 
     corpus = json.loads((repo / "metrics/corpus.json").read_text())["sources"]
     assert corpus["files"]["share"] > 0.9 and "synthetic/dna" in corpus, corpus  # 99 : 1, as paper.yaml
-    train = json.loads((repo / f"metrics/sae/{SIZE}/train.json").read_text())
+    train = json.loads((repo / f"metrics/sae/{NAME}/train.json").read_text())
     assert train["resample_events"] == 4 and train["tokens_seen"] == 150 * 512, train
-    record = json.loads((repo / f"models/sae/{SIZE}/provenance.json").read_text())
+    record = json.loads((repo / f"models/sae/{NAME}/provenance.json").read_text())
     assert record["compute"] == {"device": "cpu", "precision": "bf16", "world_size": 2}
     assert [step for step, _ in record["resampling"]] == [25, 50, 75, 100]
-    assert (repo / f"models/sae/{SIZE}/sae_weights.safetensors").stat().st_size > 0
-    assert "Data and pipelines are up to date" in sh("dvc", "status", f"train_sae@{SIZE}", cwd=repo).stdout
+    assert (repo / f"models/sae/{NAME}/sae_weights.safetensors").stat().st_size > 0
+    assert "Data and pipelines are up to date" in sh("dvc", "status", f"train_sae@{NAME}", cwd=repo).stdout

@@ -77,6 +77,25 @@ def test_dict_sizes_are_positive_unique_integers(tmp_path, sizes, expected):
     assert expected in msg
 
 
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda sae: sae.update(architectures=["standard", "gated"]), "sae.architectures.1: got 'gated'"),
+    (lambda sae: sae.update(architectures=["topk", "topk"]), "sae.architectures: got ['topk', 'topk']; topk listed twice"),
+    (lambda sae: sae.update(architectures=[]), "sae.architectures: got []"),
+    (lambda sae: sae["topk"].update(k=128), "topk.k=128 must be below the smallest dictionary size 128"),
+    (lambda sae: sae.update(matryoshka={"prefixes": [0.5, 0.25]}), "sae.matryoshka.prefixes: got [0.5, 0.25]"),
+    (lambda sae: sae["standard"].update(resample_steps=[500]), "standard.resample_steps [500] must lie strictly"),
+])
+def test_architectures_and_their_options_are_checked(tmp_path, mutate, expected):
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, lambda r: mutate(r["sae"]))).value)
+    assert expected in msg, msg
+
+
+def test_every_dictionary_is_named_by_architecture_and_size():
+    sae = load_params(ROOT / "tests/params_tiny.yaml").sae
+    assert sae.names() == ["standard-128", "standard-256", "topk-128", "topk-256"]
+    assert sae.options("standard") == {"l1_coefficient": 0.004} and sae.options("topk")["k"] == 8
+
+
 def test_universality_dict_sizes_are_positive(tmp_path):
     path = write(tmp_path, lambda r: r["universality"].update(dict_sizes=[-1]))
     assert "universality.dict_sizes.0: got -1" in str(pytest.raises(ParamsError, load_params, path).value)

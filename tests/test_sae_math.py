@@ -2,18 +2,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monosemantic.sae.model import SparseAutoencoder, geometric_median
+from monosemantic.sae.model import geometric_median
+from monosemantic.sae.standard import Standard
 from monosemantic.sae.resample import ENCODER_SCALE, per_input_loss, resample
 
 
 def test_forward_is_the_papers_formula():
     torch.manual_seed(0)
-    sae = SparseAutoencoder(6, 10)
+    sae = Standard(6, 10)
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_()
     x = torch.randn(5, 6)
-    out = sae(x, l1_coefficient=0.3)
+    out = sae(x, 0.3)
     f = torch.relu((x - sae.b_dec) @ sae.W_enc + sae.b_enc)
     x_hat = f @ sae.W_dec + sae.b_dec
     mse = ((x_hat - x) ** 2).mean()
@@ -26,7 +27,7 @@ def test_forward_is_the_papers_formula():
 
 def test_decoder_gradient_projection_removes_the_parallel_part():
     torch.manual_seed(0)
-    sae = SparseAutoencoder(8, 16)
+    sae = Standard(8, 16)
     sae(torch.randn(32, 8), 0.1).loss.backward()
     before = sae.W_dec.grad.clone()
     sae.remove_parallel_gradient()
@@ -37,7 +38,7 @@ def test_decoder_gradient_projection_removes_the_parallel_part():
 
 def test_decoder_rows_stay_unit_norm_through_training():
     torch.manual_seed(0)
-    sae = SparseAutoencoder(16, 64)
+    sae = Standard(16, 64)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     for _ in range(200):
         x = torch.relu(torch.randn(64, 16))
@@ -63,7 +64,7 @@ def test_geometric_median_minimises_summed_distance_and_resists_outliers():
 
 def _trained_state(d_in=5, d_sae=7):
     torch.manual_seed(0)
-    sae = SparseAutoencoder(d_in, d_sae)
+    sae = Standard(d_in, d_sae)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
     sae(torch.randn(20, d_in), 0.1).loss.backward()
     opt.step()
@@ -132,7 +133,7 @@ def test_bf16_autocast_step_trains_and_keeps_fp32_weights():
     from monosemantic.sae.trainer import train_step
 
     torch.manual_seed(0)
-    sae = SparseAutoencoder(16, 64)
+    sae = Standard(16, 64)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     x = torch.relu(torch.randn(256, 16))
     bf16 = Compute(precision="bf16")
@@ -168,7 +169,7 @@ def test_forward_values_and_gradients_equal_plain_autograd(bias, sparse_below, e
     import monosemantic.sae.model as model
 
     torch.manual_seed(0)
-    sae = SparseAutoencoder(24, 200)
+    sae = Standard(24, 200)
     with torch.no_grad():
         sae.b_enc.normal_(bias, 0.3)
         sae.b_dec.normal_()
@@ -182,7 +183,7 @@ def test_forward_values_and_gradients_equal_plain_autograd(bias, sparse_below, e
     out.loss.backward()
     assert bool(bags) == expect_sparse  # the branch was chosen by f's density
     close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * max(1.0, b.abs().max().item()))
-    for ours, reference in [(out.f, f), (out.x_hat, x_hat), (out.loss, loss), (out.mse + 0.3 * out.l1, loss),
+    for ours, reference in [(out.f, f), (out.x_hat, x_hat), (out.loss, loss), (out.mse + 0.3 * out.penalty, loss),
                             *zip((sae.W_enc.grad, sae.b_enc.grad, sae.W_dec.grad, sae.b_dec.grad), grads)]:
         close(ours, reference)
 
@@ -192,7 +193,7 @@ def test_sparse_and_dense_training_steps_agree():
 
     torch.manual_seed(0)
     x = torch.relu(torch.randn(128, 16))
-    sparse, dense = SparseAutoencoder(16, 64), SparseAutoencoder(16, 64)
+    sparse, dense = Standard(16, 64), Standard(16, 64)
     dense.load_state_dict(sparse.state_dict())
     sparse.sparse_below, dense.sparse_below = 2.0, 0.0
     opts = adam(sparse, 1e-2), adam(dense, 1e-2)
@@ -205,7 +206,7 @@ def test_sparse_and_dense_training_steps_agree():
 
 def test_an_input_that_needs_a_gradient_gets_it():
     torch.manual_seed(0)
-    sae = SparseAutoencoder(8, 32)
+    sae = Standard(8, 32)
     x = torch.randn(16, 8)
     ours, reference = x.clone().requires_grad_(), x.clone().requires_grad_()
     sae(ours, 0.1).loss.backward()

@@ -5,7 +5,7 @@ import zarr
 
 from monosemantic.activations.reader import ShuffledReader
 from monosemantic.sae.export import load_sae, save_sae
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.standard import Standard
 from monosemantic.sae.trainer import TrainConfig, train_sae
 
 D_IN, N_TRUE = 48, 192
@@ -39,7 +39,7 @@ def recovery(sae, world):
 
 
 def cfg(**kw):
-    return TrainConfig(**{"steps": 1500, "l1_coefficient": 1e-2, "lr": 3e-3, "batch_size": 512,
+    return TrainConfig(**{"steps": 1500, "lr": 3e-3, "batch_size": 512,
                           "resample_steps": (200, 400, 600), "dead_window": 100, "resample_inputs": 8192,
                           "log_every": 100, "checkpoint_every": 500, **kw})
 
@@ -47,7 +47,7 @@ def cfg(**kw):
 def test_recovers_a_known_sparse_dictionary():
     world = SparseWorld()
     torch.manual_seed(0)
-    sae = SparseAutoencoder(D_IN, 2 * N_TRUE)
+    sae = Standard(D_IN, 2 * N_TRUE, l1_coefficient=1e-2)
     state = train_sae(sae, world.batches(512), world.sample, cfg())
     assert recovery(sae, world) >= 0.95, recovery(sae, world)
     assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
@@ -56,7 +56,7 @@ def test_recovers_a_known_sparse_dictionary():
 
 def _badly_initialised(seed=0):
     torch.manual_seed(seed)
-    sae = SparseAutoencoder(D_IN, 2 * N_TRUE)
+    sae = Standard(D_IN, 2 * N_TRUE, l1_coefficient=1e-2)
     with torch.no_grad():
         sae.W_enc[:, : int(1.5 * N_TRUE)] *= -1  # most encoder columns point away from every input
         sae.b_enc[: int(1.5 * N_TRUE)] = -1.0
@@ -94,9 +94,9 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
         return torch.from_numpy(acts.get_orthogonal_selection((rows, slice(None))).astype(np.float32))
 
     c = cfg(steps=300, batch_size=256, resample_steps=(50, 150, 250), dead_window=30, checkpoint_every=100,
-            log_every=10, l1_coefficient=0.05)  # strong enough that neurons die and get resampled
+            log_every=10)
     torch.manual_seed(0)
-    clean = SparseAutoencoder(D_IN, 96)
+    clean = Standard(D_IN, 96, l1_coefficient=0.05)  # strong enough that neurons die and get resampled
     clean_state = train_sae(clean, batches, sample_inputs, c)
 
     def die(step, _):
@@ -105,9 +105,9 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
 
     torch.manual_seed(0)
     with pytest.raises(Killed):
-        train_sae(SparseAutoencoder(D_IN, 96), batches, sample_inputs, c, tmp_path / "ck.pt", "fp", die)
+        train_sae(Standard(D_IN, 96, 0.05), batches, sample_inputs, c, tmp_path / "ck.pt", "fp", die)
     torch.manual_seed(99)  # a new process: other random weights, until the checkpoint loads
-    resumed = SparseAutoencoder(D_IN, 96)
+    resumed = Standard(D_IN, 96, 0.05)
     state = train_sae(resumed, batches, sample_inputs, c, tmp_path / "ck.pt", "fp")
     for name, value in clean.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
@@ -118,7 +118,7 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
 
 def test_saelens_format_round_trip(tmp_path):
     torch.manual_seed(0)
-    sae = SparseAutoencoder(D_IN, 64)
+    sae = Standard(D_IN, 64)
     with torch.no_grad():
         sae.b_dec.normal_()
         sae.b_enc.normal_(0, 0.1)
@@ -154,9 +154,9 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path
             yield x
             step += 1
 
-    c = cfg(steps=40, batch_size=64, checkpoint_every=10, l1_coefficient=0.01)
+    c = cfg(steps=40, batch_size=64, checkpoint_every=10)
     ckpt = tmp_path / "ck.pt"
     with pytest.raises(TrainingDiverged, match=r"at step 26 .*checkpoint .* is kept"):
-        train_sae(SparseAutoencoder(D_IN, 32), batches, lambda n, g: world.sample(n, g), c, ckpt, "fp")
+        train_sae(Standard(D_IN, 32, 0.01), batches, lambda n, g: world.sample(n, g), c, ckpt, "fp")
     saved = torch.load(ckpt, weights_only=False)
     assert saved["state"].step == 20 and all(torch.isfinite(v).all() for v in saved["sae"].values())

@@ -17,7 +17,7 @@ from monosemantic.evaluation.universality import (
 from monosemantic.model import Transformer, TransformerConfig, load_model
 from monosemantic.params import load_params
 from monosemantic.sae.export import load_sae
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.standard import Standard
 from tests.conftest import ROOT, clone_repo, set_params, sh
 
 
@@ -74,7 +74,7 @@ def test_all_dead_dictionary_is_a_clear_error():
 def test_blocked_features_equal_a_direct_computation():
     torch.manual_seed(0)
     x = sparse_signals(600, 16, 0) * 3
-    sae_a, sae_b = SparseAutoencoder(16, 40), SparseAutoencoder(16, 24)
+    sae_a, sae_b = Standard(16, 40), Standard(16, 24)
     with torch.no_grad():
         sae_a.b_enc.fill_(-0.3)  # some features never fire
         sae_a.b_enc[:5] = -100.0

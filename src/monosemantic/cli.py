@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     audit_p = sub.add_parser("audit", help="show and verify which data produced an artifact",
                              epilog="exit status: 0 verified, 1 failed, 3 unverifiable (no check failed but some "
                                     "could not be made), 2 the audit could not run (the message says why)")
-    audit_p.add_argument("path", help="a dictionary (models/sae/<size>), the activation store, the model, "
+    audit_p.add_argument("path", help="a dictionary (models/sae/<architecture>-<size>), the activation store, the model, "
                                       "the tokens, the tokenizer or the corpus")
     audit_p.add_argument("--json", action="store_true", help="machine-readable output")
     diff_p = sub.add_parser("diff", help="params and metrics of the workspace against a git revision, "

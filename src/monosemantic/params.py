@@ -187,19 +187,15 @@ class ActivationsParams(_Section):
 
 # ---------------------------------------------------------------- sparse autoencoders
 class SAETrainParams(_Section):
-    """Hyper-parameters shared by every dictionary size (a change retrains them all)."""
+    """Optimisation shared by every dictionary (a change retrains them all)."""
 
-    l1_coefficient: float = Field(gt=0, description="λ on Σ_features |f|")
     lr: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(4096, ge=1)
     steps: int = Field(ge=1)
-    l1_warmup_steps: int = Field(0, ge=0)
+    l1_warmup_steps: int = Field(0, ge=0, description="linear warm-up of each architecture's sparsity coefficient")
     lr_warmup_steps: int = Field(0, ge=0)
-    lr_decay_steps: int = Field(0, ge=0)
-    resample: bool = True
-    resample_steps: list[int] = Field(default_factory=list, description="paper: 25k, 50k, 75k, 100k of 1M")
-    dead_window: int = Field(12_500, ge=1, description="steps without firing after which a neuron is dead")
-    resample_inputs: int = Field(819_200, ge=1, description="inputs whose loss weights the draw")
+    lr_decay_steps: int = Field(0, ge=0, description="linear decay to zero over the last N steps")
+    dead_window: int = Field(12_500, ge=1, description="steps without firing after which a latent is dead")
     window_chunks: int = Field(64, ge=1, description="activation chunks shuffled together by the reader")
     reader_lanes: int = Field(1, ge=1, le=4096, description="independent shuffled streams a global batch is "
                               "drawn from; data-parallel ranks each read only their own, so a multiple of "
@@ -209,34 +205,120 @@ class SAETrainParams(_Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _steps(self):
-        late = [s for s in self.resample_steps if not 0 < s < self.steps]
-        if late:
-            raise ValueError(f"resample_steps {late} must lie strictly between 0 and steps={self.steps}")
+    def _lanes(self):
         if self.batch_size % self.reader_lanes:
             raise ValueError(f"batch_size={self.batch_size} must be a multiple of reader_lanes={self.reader_lanes} "
                              "(each lane gives an equal share of every batch)")
         return self
 
 
+# One section per architecture (sae.<name>): its recipe's own hyper-parameters, so that changing one
+# retrains only that architecture's dictionaries. `lr` overrides sae.train.lr for it.
+class _Architecture(_Section):
+    lr: float | None = Field(None, gt=0, le=1, description="this architecture's learning rate (null: sae.train.lr)")
+
+
+class StandardParams(_Architecture):
+    l1_coefficient: float = Field(gt=0, description="λ on Σ_features |f| (paper: 0.004 at its activation scale)")
+    resample: bool = True
+    resample_steps: list[int] = Field(default_factory=list, description="paper: 25k, 50k, 75k, 100k of 1M")
+    resample_inputs: int = Field(819_200, ge=1, description="inputs whose loss weights the draw")
+
+
+class Standard2024Params(_Architecture):
+    l1_coefficient: float = Field(5.0, gt=0, description="λ on Σ_i f_i·‖W_dec,i‖, with inputs scaled to mean "
+                                  "norm √d_in and the squared error summed over dimensions (Anthropic, April 2024)")
+    decoder_init_norm: float = Field(0.1, gt=0, description="initial norm of every decoder row (paper: 0.05 to 1)")
+
+
+class TopKParams(_Architecture):
+    k: int = Field(32, ge=1, description="latents kept per input")
+    aux_k: int | None = Field(None, ge=1, description="dead latents in each input's AuxK reconstruction "
+                              "(null: d_in / 2, Gao et al.'s)")
+    aux_coefficient: float = Field(1 / 32, ge=0, description="α on the AuxK loss (Gao et al.: 1/32)")
+
+
+class BatchTopKParams(TopKParams):
+    threshold_beta: float = Field(0.999, ge=0, lt=1, description="the inference threshold θ: the running mean of "
+                                  "each batch's smallest kept activation, an EMA with this factor after "
+                                  "1/(1 - factor) batches")
+
+
+class JumpReLUParams(_Architecture):
+    l0_coefficient: float = Field(1e-3, gt=0, description="λ on ‖f‖₀, with inputs scaled to mean squared norm 1 "
+                                  "and the squared error summed over dimensions (Rajamanoharan et al. 2024)")
+    bandwidth: float = Field(1e-3, gt=0, description="ε, the straight-through estimators' kernel width (paper: 0.001)")
+    threshold_init: float = Field(1e-3, gt=0, description="every latent's initial threshold θ (paper: 0.001). log θ "
+                                  "moves by about the learning rate per step, so a run of a few thousand steps "
+                                  "needs θ to start nearer its final size to become sparse")
+
+
+class MatryoshkaParams(BatchTopKParams):
+    prefixes: list[float] = Field(default_factory=lambda: [1 / 16, 1 / 8, 1 / 4, 1 / 2], min_length=1,
+                                  description="nested dictionary prefixes that each reconstruct, as fractions of "
+                                              "the dictionary size (the whole dictionary is always the last)")
+
+    @field_validator("prefixes")
+    @classmethod
+    def _increasing(cls, prefixes: list[float]) -> list[float]:
+        if any(not 0 < f < 1 for f in prefixes) or prefixes != sorted(set(prefixes)):
+            raise ValueError(f"{prefixes} must be increasing fractions strictly between 0 and 1")
+        return prefixes
+
+
 MAX_DICT_SIZE = 1 << 24  # 16.8M features: 2^7 times the paper's largest; memory is checked separately
 
 DictSize = Annotated[StrictInt, Field(ge=1, le=MAX_DICT_SIZE)]
+Architecture = Literal["standard", "standard_2024", "topk", "batchtopk", "jumprelu", "matryoshka"]
+_TRAINER_KEYS = {"lr", "resample", "resample_steps", "resample_inputs"}  # read by the trainer, not the module
 
 
 class SAEParams(_Section):
-    dict_sizes: list[DictSize] = Field(min_length=1, description="one dictionary (and DVC stage) per size")
+    dict_sizes: list[DictSize] = Field(min_length=1, description="dictionary sizes, trained for every architecture")
+    architectures: list[Architecture] = Field(["standard"], min_length=1, description="one train_sae@<arch>-<size> "
+                                              "stage per architecture and size")
     train: SAETrainParams
+    standard: StandardParams
+    standard_2024: Standard2024Params = Standard2024Params()
+    topk: TopKParams = TopKParams()
+    batchtopk: BatchTopKParams = BatchTopKParams()
+    jumprelu: JumpReLUParams = JumpReLUParams()
+    matryoshka: MatryoshkaParams = MatryoshkaParams()
 
-    @field_validator("dict_sizes")
+    @field_validator("dict_sizes", "architectures")
     @classmethod
-    def _unique(cls, sizes: list[int]) -> list[int]:
-        """Each size names one dictionary, its DVC stages and its output directories: two would collide."""
-        dupes = sorted({s for s in sizes if sizes.count(s) > 1})
+    def _unique(cls, values: list) -> list:
+        """Each (architecture, size) names one dictionary, its DVC stages and its output directories."""
+        dupes = sorted({str(v) for v in values if values.count(v) > 1})
         if dupes:
-            raise ValueError(f"{', '.join(map(str, dupes))} listed twice; each size is one dictionary and one DVC "
-                             "stage: remove the duplicate")
-        return sizes
+            raise ValueError(f"{', '.join(dupes)} listed twice; each names DVC stages and output directories: "
+                             "remove the duplicate")
+        return values
+
+    @model_validator(mode="after")
+    def _fits(self):
+        late = [s for s in self.standard.resample_steps if not 0 < s < self.train.steps]
+        if late:
+            raise ValueError(f"standard.resample_steps {late} must lie strictly between 0 and "
+                             f"train.steps={self.train.steps}")
+        smallest = min(self.dict_sizes)
+        for arch in self.architectures:
+            k = getattr(getattr(self, arch), "k", None)
+            if k is not None and k >= smallest:
+                raise ValueError(f"{arch}.k={k} must be below the smallest dictionary size {smallest}")
+        return self
+
+    def names(self) -> list[str]:
+        """Every dictionary's name, ``<architecture>-<size>``: its stages are train_sae@<name> etc."""
+        return [dictionary_name(a, s) for a in self.architectures for s in self.dict_sizes]
+
+    def options(self, architecture: str) -> dict:
+        """The architecture module's constructor arguments."""
+        return getattr(self, architecture).model_dump(exclude=_TRAINER_KEYS)
+
+
+def dictionary_name(architecture: str, size: int) -> str:
+    return f"{architecture}-{size}"
 
 
 # ---------------------------------------------------------------- evaluation and analyses
@@ -425,6 +507,8 @@ class Params(_Section):
         missing = [s for s in self.universality.dict_sizes if s not in self.sae.dict_sizes]
         if missing:
             raise ValueError(f"universality.dict_sizes {missing} must be among sae.dict_sizes {self.sae.dict_sizes}")
+        if self.universality.dict_sizes and "standard" not in self.sae.architectures:
+            raise ValueError("universality compares standard dictionaries: add 'standard' to sae.architectures")
         if self.universality.dict_sizes and self.model.source != "builtin":
             raise ValueError("universality trains a second built-in model: it needs model.source 'builtin'")
         if self.universality.dict_sizes and self.universality.seed == self.model.seed:

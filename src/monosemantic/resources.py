@@ -43,6 +43,7 @@ class Estimate:
 def sae_training(params, d: int, i: int) -> Estimate:
     """train_sae for ``sae.dict_sizes[i]`` (universality trains the same): see sae/trainer.py."""
     t, a, ctx = params.sae.train, params.activations, params.tokenize.ctx
+    r = params.sae.standard.resample_inputs
     d_sae, batch = params.sae.dict_sizes[i], t.batch_size
     size = f"sae.dict_sizes.{i}"
     n_weights = 2 * d * d_sae + d_sae + d
@@ -51,14 +52,14 @@ def sae_training(params, d: int, i: int) -> Estimate:
     # the f > 0 mask. Resampling keeps the last step's f and runs per_input_loss in blocks (the
     # pre-activation, its sum with b_enc and f); the larger of the two is the peak.
     step = batch * d_sae * (4 * FP32 + BOOL)
-    resample = (batch * d_sae * FP32 + min(t.resample_inputs, LOSS_BLOCK) * d_sae * 3 * FP32
-                + t.resample_inputs * d * (FP16 + FP16 + FP32))  # the drawn rows: read, concatenated, as fp32
+    resample = (batch * d_sae * FP32 + min(r, LOSS_BLOCK) * d_sae * 3 * FP32
+                + r * d * (FP16 + FP16 + FP32))  # the drawn rows: read, concatenated, as fp32
     window = min(t.window_chunks * a.chunk_seqs * ctx, a.max_train_tokens) * d * FP16
     heavier = max(
         Part("[batch_size, d_sae] activations and their gradients (the training step)", step,
              f"sae.train.batch_size or {size}"),
-        Part(f"resampling: sae.train.resample_inputs={t.resample_inputs} inputs and their loss, [{LOSS_BLOCK}, d_sae] "
-             "at a time", resample, f"sae.train.resample_inputs or {size}"),
+        Part(f"resampling: sae.standard.resample_inputs={r} inputs and their loss, [{LOSS_BLOCK}, d_sae] "
+             "at a time", resample, f"sae.standard.resample_inputs or {size}"),
         key=lambda p: p.bytes)
     return Estimate("train_sae", f"{size}={d_sae} with sae.train.batch_size={batch} (d={d})", [
         Part("weights, gradients and Adam's two moments (fp32)", 4 * n_weights * FP32, f"{size}"),

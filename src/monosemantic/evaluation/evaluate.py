@@ -17,7 +17,7 @@ from tqdm import tqdm
 from monosemantic.compute import Compute
 from monosemantic.evaluation.metrics import Reconstruction, density_histogram, density_summary, fraction_recovered
 from monosemantic.model.hooks import logits, splice
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.model import Dictionary
 
 
 def _loss_sum(lg: torch.Tensor, tokens: torch.Tensor) -> float:
@@ -26,7 +26,7 @@ def _loss_sum(lg: torch.Tensor, tokens: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_sae(
-    model: nn.Module, hook: str, sae: SparseAutoencoder, contexts: np.ndarray, mean_activation: torch.Tensor,
+    model: nn.Module, hook: str, sae: Dictionary, contexts: np.ndarray, mean_activation: torch.Tensor,
     batch_seqs: int = 32, ultralow_density: float = 1e-6, dense_density: float = 0.1, histogram_bins: int = 40,
     compute: Compute = Compute(),
 ) -> tuple[dict[str, float], list[dict[str, float]]]:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from monosemantic.errors import UserError
 from monosemantic.model.hooks import capture
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.model import Dictionary
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,9 @@ def neurons(x: torch.Tensor) -> Units:
     return Units(x, x.shape[1], lambda rows, units: rows[:, units])
 
 
-def features(x: torch.Tensor, sae: SparseAutoencoder) -> Units:
-    """The dictionary's feature activations on `x`: SparseAutoencoder.encode, a slice of features at a time."""
-    w_enc, b_enc, b_dec = sae.W_enc.detach(), sae.b_enc.detach(), sae.b_dec.detach()
-    return Units(x, sae.d_sae, lambda rows, units: torch.relu((rows - b_dec) @ w_enc[:, units] + b_enc[units]))
+def features(x: torch.Tensor, sae: Dictionary) -> Units:
+    """The dictionary's feature activations on `x`: Dictionary.encode_units, a slice of features at a time."""
+    return Units(x, sae.d_sae, lambda rows, units: sae.encode_units(rows, units).detach())
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def hooked_activations(model: nn.Module, hook: str, contexts: np.ndarray, batch_
     return torch.cat(out)
 
 
-def universality(model_a: nn.Module, model_b: nn.Module, sae_a: SparseAutoencoder, sae_b: SparseAutoencoder,
+def universality(model_a: nn.Module, model_b: nn.Module, sae_a: Dictionary, sae_b: Dictionary,
                  hook: str, contexts: np.ndarray, batch_seqs: int = 64) -> dict[str, BestMatch]:
     """Best matches of A's features among B's, and of A's neurons among B's, on the same `contexts`."""
     xa = hooked_activations(model_a, hook, contexts, batch_seqs)

@@ -27,7 +27,7 @@ from monosemantic.interpret.sampling import GROUPS, SPLITS, Scan, context_sides,
 from monosemantic.interpret.scoring import bootstrap_difference, classification, pearson, quantise, spearman, summarize
 from monosemantic.params import InterpretParams
 from monosemantic.compute import Compute
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.model import Dictionary
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Result:
     metrics: dict[str, Any]
 
 
-def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: SparseAutoencoder, model: nn.Module,
+def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: Dictionary, model: nn.Module,
                          strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams,
                          compute: Compute = Compute(), separator: int | None = None) -> Result:
     """Scan `tokens` (whole contexts, consecutive in the packed stream) and their activations
@@ -51,23 +51,15 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     index = np.concatenate([np.arange(n_feat), np.arange(d if p.neurons else 0)])
     rng = np.random.default_rng(p.seed)
 
-    # One product gives features and neurons: W = [W_enc | I] with b_dec folded into the bias
-    # (x W_enc + b_enc − b_dec W_enc = (x − b_dec) W_enc + b_enc), and x I is x exactly.
-    with torch.no_grad():
-        weight = torch.cat([sae.W_enc, torch.eye(d)], 1) if p.neurons else sae.W_enc.detach()
-        bias = torch.cat([sae.b_enc - sae.b_dec @ sae.W_enc, torch.zeros(d if p.neurons else 0)])
-        weight, bias = weight.to(compute.device), bias.to(compute.device)
+    sae = sae.to(compute.device)  # nn.Module.to: in place
 
     def encode(x: torch.Tensor, units: torch.Tensor | None) -> torch.Tensor:
+        """Features (the dictionary's own encoder, any architecture) then neurons (x itself)."""
         x = compute.to_device(x)
-        with compute.autocast():
-            if units is None:
-                out = torch.addmm(bias, x, weight)
-            else:
-                units = units.to(compute.device)
-                out = torch.addmm(bias[units], x, weight[:, units])
-        n = n_feat if units is None else int((units < n_feat).sum())  # units list features first
-        out[:, :n].relu_()
+        feats = None if units is None else units[units < n_feat].to(compute.device)
+        neurons = (torch.arange(d if p.neurons else 0) if units is None else units[units >= n_feat] - n_feat)
+        with torch.no_grad(), compute.autocast():
+            out = torch.cat([sae.encode_units(x, feats), x[:, neurons.to(compute.device)]], 1)
         return out.float().cpu()
 
     def choose(active: np.ndarray) -> np.ndarray:
@@ -86,7 +78,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
 
     # Logit effects of each interpreted unit's output direction.
     with torch.no_grad():
-        directions = torch.cat([sae.W_dec, torch.eye(d)])[torch.from_numpy(units)]
+        directions = torch.cat([sae.W_dec.detach().cpu(), torch.eye(d)])[torch.from_numpy(units)]
     effects = logit_effects(model, directions)
     boosted = top_effects(effects, p.logit_tokens) if effects is not None else None
 

@@ -5,6 +5,9 @@ Everything opens from file:// with no network: CSS and JS are bundled files copi
 paged client-side so it stays fast with tens of thousands of units. Only interpreted units
 get a page (that bounds the site's size); the table lists every unit. Templates live in
 `templates/` (jinja2, autoescaped: corpus text is untrusted) for a designer to edit.
+
+A dictionary is named `<architecture>-<size>`; the site lists them by architecture (in
+params.yaml's order), then by size, and compares architectures on one L0 frontier.
 """
 
 from __future__ import annotations
@@ -24,28 +27,41 @@ import jinja2
 import polars as pl
 from tqdm import tqdm
 
+from monosemantic.params import dictionary_name
 from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
 from monosemantic.report import svg
-from monosemantic.report.summary import COLUMNS, best_proxies, cell, scored
+from monosemantic.report.summary import (COLUMNS, best_proxies, cell, compare_architectures, frontier_cell,
+                                         interp_columns, row, scored)
 from monosemantic.report.units import Interpretation, Nearest, number
 
 PAGES = "pages"
 ASSETS = ("site.css", "site.js", "unit.js")
-HEADLINE = ("loss_recovered", "l0", "mse", "fvu", "dead_features", "ultralow_features")  # per size, at its top
-TABLE_COLUMNS = ["size", "kind", "index", "density", "max_activation", "score", "control", "explanation",
-                 "explanation_error", "best_proxy", "best_proxy_f1", "page"]
+HEADLINE = ("loss_recovered", "l0", "mse", "fvu", "dead_features", "ultralow_features", "dense_features")
+TABLE_COLUMNS = ["order", "dictionary", "kind", "index", "density", "max_activation", "score", "control",
+                 "explanation", "explanation_error", "best_proxy", "best_proxy_f1", "page"]
+FRONTIERS = (("loss_recovered", "loss recovered"), ("fvu", "FVU"))  # each against L0, one series per architecture
 
 
 @dataclass
 class Dictionary:
-    """What the site shows about one dictionary size; every part but the size may be missing."""
+    """What the site shows about one dictionary; every part but its architecture and size may be missing."""
 
+    architecture: str
     size: int
     metrics: dict[str, Any] = field(default_factory=dict)    # train.json merged with eval.json
-    density: list[dict[str, float]] = field(default_factory=list)  # rows of plots/density/<size>.csv
-    interp: dict[str, Any] | None = None                      # metrics/sae/<size>/interp.json
-    features: Path | None = None                              # interpret's folder, reports/features/<size>
+    density: list[dict[str, float]] = field(default_factory=list)  # rows of plots/density/<name>.csv
+    interp: dict[str, Any] | None = None                      # metrics/sae/<name>/interp.json
+    features: Path | None = None                              # interpret's folder, reports/features/<name>
     lineage: list[dict[str, Any]] = field(default_factory=list)  # from report.lineage.lineage()
+
+    @property
+    def name(self) -> str:
+        """`<architecture>-<size>`: its stages, folders and pages are named so."""
+        return dictionary_name(self.architecture, self.size)
+
+    def row(self) -> dict[str, Any]:
+        """Its row of the metrics table (summary.COLUMNS)."""
+        return row(self.architecture, self.size, self.metrics, self.interp)
 
 
 def environment() -> jinja2.Environment:
@@ -56,19 +72,21 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def build_site(out: Path, dictionaries: list[Dictionary], frontier: list[dict[str, Any]] | None = None,
+def build_site(out: Path, dictionaries: list[Dictionary], frontier: dict[str, list[dict[str, Any]]] | None = None,
                nearest: pl.DataFrame | None = None, provenance: dict[str, Any] | None = None) -> dict[str, float]:
     """Write `out/index.html` and `out/pages/`; returns pages written, bytes and seconds.
 
-    `frontier`: rows of plots/frontier.csv; `nearest`: reports/splitting/nearest.parquet;
-    `provenance`: the record of the run that builds the site, kept in `pages/`.
+    `dictionaries`: in the order to show their architectures (params.yaml's), sizes in any order;
+    `frontier`: rows of plots/frontier/<architecture>.csv per architecture; `nearest`:
+    reports/splitting/nearest.parquet; `provenance`: the record of the run that builds the site, kept in `pages/`.
     """
     start = time.perf_counter()
     env = environment()
-    dictionaries = sorted(dictionaries, key=lambda d: d.size)
-    interpreted = {d.size: Interpretation(d.size, d.features) for d in dictionaries
+    order = list(dict.fromkeys(d.architecture for d in dictionaries))
+    dictionaries = sorted(dictionaries, key=lambda d: (order.index(d.architecture), d.size))
+    interpreted = {d.name: Interpretation(d.architecture, d.size, d.features) for d in dictionaries
                    if d.features is not None and (d.features / "features.parquet").exists()}
-    pages = {size: data.pages for size, data in interpreted.items()}
+    pages = {name: data.pages for name, data in interpreted.items()}
     links = Nearest(nearest)
     built = {"at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "record": provenance or {}}
     n_pages = 0
@@ -77,24 +95,28 @@ def build_site(out: Path, dictionaries: list[Dictionary], frontier: list[dict[st
         for name in ASSETS:
             (tmp / "assets" / name).write_bytes(resources.files(__package__).joinpath("assets", name).read_bytes())
         page, examples = env.get_template("unit.html"), env.get_template("examples.html")
-        for size, data in interpreted.items():
-            (tmp / str(size)).mkdir()
+        for name, data in interpreted.items():
+            (tmp / name).mkdir()
             units = data.pages_context(links, pages)
-            for unit in tqdm(units, total=len(data.pages), desc=f"report: pages of {size}", leave=False):
+            for unit in tqdm(units, total=len(data.pages), desc=f"report: pages of {name}", leave=False):
                 packed = _pack(examples.render(groups=unit["groups"]))
                 html = page.render(unit=unit, examples=packed, root="../", home="../../index.html")
                 (tmp / unit["path"]).write_text(html)
                 n_pages += 1
         if provenance:
             write_json(tmp / PROVENANCE_FILE, provenance)
-    sizes = [_size_context(d, interpreted.get(d.size)) for d in dictionaries]
-    rows = [r for data in interpreted.values() for r in data.table_rows()]
+    contexts = [_dictionary_context(d, interpreted.get(d.name)) for d in dictionaries]
+    groups = [{"architecture": a, "dictionaries": [c for c in contexts if c["architecture"] == a]} for a in order]
+    rows = [r for k, data in enumerate(interpreted.values()) for r in data.table_rows(k)]
     with atomic_output(out / "index.html", is_dir=False) as tmp:
         tmp.write_text(env.get_template("index.html").render(
-            sizes=sizes, columns=[(h, key) for h, key, _ in COLUMNS],
-            metrics=[[cell(fmt, {"dict_size": d.size, **d.metrics}.get(key)) for _, key, fmt in COLUMNS]
+            dictionaries=contexts, groups=groups, columns=[(h, key) for h, key, _ in COLUMNS],
+            metrics=[{"name": d.name, "cells": [cell(fmt, d.row().get(key)) for _, key, fmt in COLUMNS]}
                      for d in dictionaries],
-            frontier=_frontier(frontier or []), table={"columns": TABLE_COLUMNS, "rows": rows},
+            frontiers=_frontiers(frontier or {}, order),
+            dense_threshold=next((d.metrics["dense_threshold"] for d in dictionaries if "dense_threshold" in d.metrics), None),
+            compared=_compared(dictionaries), interp=_interp_table(dictionaries),
+            table={"columns": TABLE_COLUMNS, "rows": rows},
             root=f"{PAGES}/", home="index.html", built=built))
     files = [out / "index.html", *(p for p in (out / PAGES).rglob("*") if p.is_file())]
     return {"pages": n_pages, "bytes": sum(p.stat().st_size for p in files), "seconds": time.perf_counter() - start}
@@ -105,15 +127,15 @@ def _pack(html: str) -> str:
     return base64.b64encode(gzip.compress(html.encode(), compresslevel=6, mtime=0)).decode()
 
 
-def _size_context(d: Dictionary, data: Interpretation | None) -> dict[str, Any]:
+def _dictionary_context(d: Dictionary, data: Interpretation | None) -> dict[str, Any]:
     density = None
     if len(d.density) > 1:
         centers = [r["log10_density"] for r in d.density]
         half = (centers[1] - centers[0]) / 2
         density = svg.bars([r["features"] for r in d.density], centers[0] - half, centers[-1] + half,
-                           "log10 feature density", "features", f"feature density, {d.size} features")
+                           "log10 feature density", "features", f"feature density, {d.name}")
     headline = [(header, cell(fmt, d.metrics.get(key))) for header, key, fmt in COLUMNS if key in HEADLINE]
-    ctx: dict[str, Any] = {"size": d.size, "headline": headline, "density": density, "lineage": d.lineage,
+    ctx: dict[str, Any] = {"name": d.name, "architecture": d.architecture, "size": d.size, "headline": headline, "density": density, "lineage": d.lineage,
                            "interp": d.interp or {}, "interpreted": data is not None,
                            "scores": None, "stats": [], "proxies": [], "pages": 0}
     if data is not None:
@@ -121,7 +143,7 @@ def _size_context(d: Dictionary, data: Interpretation | None) -> dict[str, Any]:
         lo = min([-0.25, *(v for vals in series.values() for v in vals)])
         lo = max(-1.0, math.floor(lo * 4) / 4)
         ctx["scores"] = svg.distributions(series, lo, 1.0, round((1 - lo) / 0.05), "simulation score (Pearson r)",
-                                          f"interpretability scores, {d.size} features vs neurons")
+                                          f"interpretability scores, {d.name}: features vs neurons")
         ctx["stats"] = [_stats(name, values, (d.interp or {}).get(name)) for name, values in series.items()]
         ctx["proxies"] = best_proxies(d.interp or {})
         ctx["pages"] = len(data.pages)
@@ -137,7 +159,45 @@ def _stats(name: str, values: list[float], given: dict[str, Any] | None) -> dict
             "mean_spearman": given.get("mean_spearman")}
 
 
-def _frontier(rows: list[dict[str, Any]]):
-    points = [(number(r.get("l0")), number(r.get("loss_recovered")), str(r.get("dict_size"))) for r in rows]
-    return svg.frontier(points, "L0 (active features per token)", "loss recovered",
-                        "L0 vs loss recovered across dictionary sizes")
+def _frontiers(frontier: dict[str, list[dict[str, Any]]], order: list[str]) -> list[dict[str, Any]]:
+    """L0 vs loss recovered and L0 vs FVU: one series per architecture (params.yaml's order first),
+    one point per dictionary size."""
+    archs = [a for a in order if a in frontier] + [a for a in frontier if a not in order]
+    charts = []
+    for key, label in FRONTIERS:
+        series = {a: [(number(r.get("l0")), number(r.get(key)), str(r.get("dict_size")))
+                      for r in sorted(frontier[a], key=lambda r: r.get("dict_size") or 0)] for a in archs}
+        chart = svg.frontier(series, "L0 (active features per token)", label,
+                             f"L0 vs {label}, per architecture across dictionary sizes")
+        if chart:
+            charts.append({"key": key, "label": label, "svg": chart})
+    return charts
+
+
+def _compared(dictionaries: list[Dictionary]) -> dict[str, Any] | None:
+    """The architectures side by side at each size they share (summary.compare_architectures)."""
+    rows = [d.row() for d in dictionaries]
+    compared = compare_architectures(rows)
+    if not compared:
+        return None
+    archs = list(dict.fromkeys(d.architecture for d in dictionaries))
+    return {"architectures": archs,
+            "rows": [{"size": c["size"], "cells": [frontier_cell(c["rows"].get(a)) for a in archs],
+                      "best_loss": c["best_loss"], "best_fvu": c["best_fvu"]} for c in compared]}
+
+
+def _interp_table(dictionaries: list[Dictionary]) -> dict[str, Any] | None:
+    """Mean simulation scores per dictionary, grouped by architecture: features vs neurons (every
+    mean_* score interp.json has), the control, and the difference."""
+    have = [d for d in dictionaries if d.interp]
+    if not have:
+        return None
+    columns = interp_columns({d.name: d.interp for d in have})
+    rows = []
+    for d in have:
+        m = d.interp or {}
+        rows.append({"architecture": d.architecture, "name": d.name, "size": d.size,
+                     "scores": [((m.get(g) or {}).get(k)) for _, g, k in columns],
+                     "control": (m.get("features") or {}).get("control_mean_pearson"),
+                     "difference": (m.get("difference") or {}).get("mean")})
+    return {"columns": [h for h, _, _ in columns], "rows": rows}

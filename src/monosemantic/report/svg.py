@@ -33,15 +33,16 @@ def _fmt(v: float) -> str:
 class _Frame:
     """Linear scales from data to the plot area, and the axes drawn around it."""
 
-    def __init__(self, x: tuple[float, float], y: tuple[float, float]):
+    def __init__(self, x: tuple[float, float], y: tuple[float, float], top: float = TOP):
         self.x0, self.x1 = x if x[1] > x[0] else (x[0] - 0.5, x[0] + 0.5)
         self.y0, self.y1 = y if y[1] > y[0] else (y[0], y[0] + 1)
+        self.top = top  # a legend above the plot moves it down
 
     def px(self, v: float) -> float:
         return LEFT + (v - self.x0) / (self.x1 - self.x0) * (W - LEFT - RIGHT)
 
     def py(self, v: float) -> float:
-        return H - BOTTOM - (v - self.y0) / (self.y1 - self.y0) * (H - TOP - BOTTOM)
+        return H - BOTTOM - (v - self.y0) / (self.y1 - self.y0) * (H - self.top - BOTTOM)
 
     def axes(self, xlabel: str, ylabel: str, xticks: Sequence[float] | None = None) -> str:
         parts = [f'<line class="axis" x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" y2="{H - BOTTOM}"/>']
@@ -54,7 +55,7 @@ class _Frame:
             parts.append(f'<text class="tick" x="{x:.1f}" y="{H - BOTTOM + 13}" text-anchor="middle">{_fmt(t)}</text>')
         parts.append(f'<text class="label" x="{(LEFT + W - RIGHT) / 2:.0f}" y="{H - 4}" text-anchor="middle">'
                      f'{escape(xlabel)}</text>'
-                     f'<text class="label" transform="translate(11 {(TOP + H - BOTTOM) / 2:.0f}) rotate(-90)" '
+                     f'<text class="label" transform="translate(11 {(self.top + H - BOTTOM) / 2:.0f}) rotate(-90)" '
                      f'text-anchor="middle">{escape(ylabel)}</text>')
         return "".join(parts)
 
@@ -79,20 +80,58 @@ def bars(counts: Sequence[float], lo: float, hi: float, xlabel: str, ylabel: str
     return _svg(f.axes(xlabel, ylabel) + '<g class="bars">' + "".join(rects) + "</g>", title)
 
 
-def frontier(points: Sequence[tuple[float, float, str]], xlabel: str, ylabel: str, title: str) -> Markup:
-    """Points joined in the given order (dictionary size), each labelled."""
-    pts = [(x, y, label) for x, y, label in points if _finite(x) and _finite(y)]
-    if not pts:
+SERIES = 6  # distinct series styles (.s0 … .s5 in the CSS, and as many marker shapes)
+_SHAPES = [None,                                                  # circle
+           [(-1, -1), (1, -1), (1, 1), (-1, 1)],                  # square
+           [(0, -1.25), (1.1, 0.85), (-1.1, 0.85)],               # triangle
+           [(0, -1.35), (1.35, 0), (0, 1.35), (-1.35, 0)],        # diamond
+           [(0, 1.25), (1.1, -0.85), (-1.1, -0.85)],              # triangle, pointing down
+           [(-0.5, -1.2), (0.5, -1.2), (1.2, 0), (0.5, 1.2), (-0.5, 1.2), (-1.2, 0)]]  # hexagon
+
+
+def frontier(series: dict[str, Sequence[tuple[float, float, str]]], xlabel: str, ylabel: str,
+             title: str) -> Markup:
+    """One line per series (an architecture), its points joined in the given order (dictionary size)
+    and labelled; series differ in colour (`.s<k>`) and marker shape, and a legend above names them."""
+    series = {name: [(x, y, label) for x, y, label in pts if _finite(x) and _finite(y)] for name, pts in series.items()}
+    series = {name: pts for name, pts in series.items() if pts}
+    if not series:
         return Markup("")
-    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    legend, top = _legend(list(series))
+    xs, ys = [p[0] for pts in series.values() for p in pts], [p[1] for pts in series.values() for p in pts]
     pad_x, pad_y = (max(xs) - min(xs)) * 0.1 or 1, (max(ys) - min(ys)) * 0.15 or 0.05
-    f = _Frame((max(min(xs) - pad_x, 0), max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y))
-    path = " ".join(f"{'M' if i == 0 else 'L'}{f.px(x):.1f},{f.py(y):.1f}" for i, (x, y, _) in enumerate(pts))
-    marks = "".join(f'<circle class="point" cx="{f.px(x):.1f}" cy="{f.py(y):.1f}" r="4">'
-                    f'<title>{escape(label)}: {_fmt(x)}, {_fmt(y)}</title></circle>'
-                    f'<text class="point-label" x="{f.px(x) + 6:.1f}" y="{f.py(y) - 6:.1f}">{escape(label)}</text>'
-                    for x, y, label in pts)
-    return _svg(f.axes(xlabel, ylabel) + f'<path class="line" d="{path}"/>' + marks, title)
+    f = _Frame((max(min(xs) - pad_x, 0), max(xs) + pad_x), (min(ys) - pad_y, max(ys) + pad_y), top)
+    body = [f.axes(xlabel, ylabel)]
+    for k, (name, pts) in enumerate(series.items()):
+        path = " ".join(f"{'M' if i == 0 else 'L'}{f.px(x):.1f},{f.py(y):.1f}" for i, (x, y, _) in enumerate(pts))
+        marks = "".join(_marker(k, f.px(x), f.py(y), f"{name} {label}: {_fmt(x)}, {_fmt(y)}")
+                        + f'<text class="point-label" x="{f.px(x) + 6:.1f}" y="{f.py(y) - 6:.1f}">{escape(label)}</text>'
+                        for x, y, label in pts)
+        body.append(f'<g class="series" data-series="{escape(name)}">'
+                    f'<path class="line s{k % SERIES}" d="{path}"/>{marks}</g>')
+    return _svg(legend + "".join(body), title)
+
+
+def _marker(k: int, x: float, y: float, tip: str, r: float = 4) -> str:
+    """Series k's marker shape at (x, y), with `tip` on hover."""
+    shape, cls, tip = _SHAPES[k % SERIES], f"point s{k % SERIES}", f"<title>{escape(tip)}</title>"
+    if shape is None:
+        return f'<circle class="{cls}" cx="{x:.1f}" cy="{y:.1f}" r="{r}">{tip}</circle>'
+    points = " ".join(f"{x + dx * r * 0.85:.1f},{y + dy * r * 0.85:.1f}" for dx, dy in shape)
+    return f'<polygon class="{cls}" points="{points}">{tip}</polygon>'
+
+
+def _legend(names: list[str]) -> tuple[str, float]:
+    """The series' markers and names in rows above the plot; returns the markup and where the plot starts."""
+    parts, x, y = [], LEFT, TOP + 4
+    for k, name in enumerate(names):
+        width = 22 + 5.6 * len(name)
+        if x > LEFT and x + width > W - RIGHT:
+            x, y = LEFT, y + 13
+        parts.append(_marker(k, x + 4, y, name, r=3.5)
+                     + f'<text class="key-label" x="{x + 11:.1f}" y="{y + 3:.1f}">{escape(name)}</text>')
+        x += width
+    return '<g class="legend">' + "".join(parts) + "</g>", y + 12
 
 
 def distributions(series: dict[str, Sequence[float]], lo: float, hi: float, bins: int, xlabel: str,

@@ -1,8 +1,9 @@
 """What the site shows about each unit (feature or neuron), read from interpret's outputs.
 
-`reports/features/<size>/` holds features.parquet (one row per unit), examples.parquet (the
-example windows of interpreted units) and proxies.parquet (one row per unit and proxy). They
-are read once per size and handed to the templates as plain dicts; any file may be missing.
+`reports/features/<name>/` (a dictionary's name is `<architecture>-<size>`) holds
+features.parquet (one row per unit), examples.parquet (the example windows of interpreted units)
+and proxies.parquet (one row per unit and proxy). They are read once per dictionary and handed to
+the templates as plain dicts; any file may be missing.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from typing import Any, Iterator
 
 import polars as pl
 
+from monosemantic.params import dictionary_name
 from monosemantic.report import svg, tokens
 
 GROUP_ORDER = {"top": 0, "interval": 1, "random": 2, "token": 3}
-Key = tuple[str, int]
+Key = tuple[str, int]                # (kind, index) of a unit
+Loc = tuple[str, int, int]           # (architecture, size, feature) of a feature
 
 
-def page_path(size: int, kind: str, index: int) -> str:
-    """Where a unit's page lives, relative to the pages folder."""
-    return f"{size}/{kind}-{index}.html"
+def page_path(name: str, kind: str, index: int) -> str:
+    """Where a unit's page lives, relative to the pages folder (`name`: the dictionary's)."""
+    return f"{name}/{kind}-{index}.html"
 
 
 def number(v: Any) -> float | None:
@@ -33,8 +36,8 @@ def number(v: Any) -> float | None:
 class Interpretation:
     """One dictionary's interpret outputs."""
 
-    def __init__(self, size: int, folder: Path):
-        self.size = size
+    def __init__(self, architecture: str, size: int, folder: Path):
+        self.architecture, self.size, self.name = architecture, size, dictionary_name(architecture, size)
         self.units = pl.read_parquet(folder / "features.parquet")
         self.examples: dict[Key, list[dict]] = defaultdict(list)
         if (folder / "examples.parquet").exists():
@@ -54,27 +57,30 @@ class Interpretation:
     def controls(self) -> list[float]:
         return [v for v in self.units["control_pearson"].to_list() if number(v) is not None]
 
-    def table_rows(self) -> list[list]:
-        """The index table's rows (columns as site.TABLE_COLUMNS), every unit of the dictionary."""
+    def table_rows(self, order: int) -> list[list]:
+        """The index table's rows (columns as site.TABLE_COLUMNS), every unit of the dictionary;
+        `order`: the dictionary's place on the site (the table sorts dictionaries by it)."""
         u = self.units
-        return [[self.size, kind, index, _round(d), _round(m), _round(s), _round(c), expl, err, proxy, _round(f1),
-                 page_path(self.size, kind, index) if interp else None]
+        return [[order, self.name, kind, index, _round(d), _round(m), _round(s), _round(c), expl, err, proxy,
+                 _round(f1), page_path(self.name, kind, index) if interp else None]
                 for kind, index, d, m, s, c, expl, err, proxy, f1, interp in zip(
                     u["kind"], u["index"], u["density"], u["max_activation"], u["score_pearson"], u["control_pearson"],
                     u["explanation"], u["explanation_error"], u["best_proxy"], u["best_proxy_f1"], u["interpreted"])]
 
-    def pages_context(self, nearest: Nearest, pages: dict[int, set[Key]]) -> Iterator[dict[str, Any]]:
+    def pages_context(self, nearest: Nearest, pages: dict[str, set[Key]]) -> Iterator[dict[str, Any]]:
         """One template context per interpreted unit, made as its page is written (they are large);
-        `pages`: which units have a page, per size."""
+        `pages`: which units have a page, per dictionary name."""
         for row in self.units.filter(pl.col("interpreted")).iter_rows(named=True):
             key = (row["kind"], row["index"])
-            yield {**row, "size": self.size, "path": page_path(self.size, *key),
+            yield {**row, "name": self.name, "architecture": self.architecture, "size": self.size,
+                   "path": page_path(self.name, *key),
                    "histogram": _histogram(row), "groups": self._groups(key, row["max_activation"]),
                    "boost": _logits(row["logit_boost_tokens"], row["logit_boost_values"]),
                    "suppress": _logits(row["logit_suppress_tokens"], row["logit_suppress_values"]),
                    "proxies": self.proxies.get(key, []),
-                   "control_path": _control_path(self.size, row, pages),
-                   "nearest": nearest.around(self.size, row["index"], pages) if row["kind"] == "feature" else []}
+                   "control_path": _control_path(self.name, row, pages),
+                   "nearest": nearest.around(self.architecture, self.size, row["index"], pages)
+                   if row["kind"] == "feature" else []}
 
     def _groups(self, key: Key, max_act: float | None) -> list[dict[str, Any]]:
         rows = sorted(self.examples.get(key, []), key=lambda r: (
@@ -101,31 +107,36 @@ class Interpretation:
 
 
 class Nearest:
-    """Feature splitting across sizes (reports/splitting/nearest.parquet), both ways: a feature's
-    nearest feature in each smaller dictionary, and the features of larger ones nearest to it."""
+    """Feature splitting across sizes (reports/splitting/nearest.parquet), within each architecture and
+    both ways: a feature's nearest feature in each smaller dictionary of its architecture, and the
+    features of its larger ones nearest to it. Links never cross architectures."""
 
     def __init__(self, table: pl.DataFrame | None, top: int = 5):
-        self.down: dict[tuple[int, int], list[tuple[int, int, float]]] = defaultdict(list)
-        self.up: dict[tuple[int, int], list[tuple[int, int, float]]] = defaultdict(list)
-        for size, feature, other, near, cos in (table.iter_rows() if table is not None else ()):
-            self.down[(size, feature)].append((other, near, cos))
-            self.up[(other, near)].append((size, feature, cos))
+        self.down: dict[Loc, list[tuple[int, int, float]]] = defaultdict(list)
+        self.up: dict[Loc, list[tuple[int, int, float]]] = defaultdict(list)
+        for r in (table.iter_rows(named=True) if table is not None else ()):
+            arch = r["architecture"]
+            self.down[(arch, r["dict_size"], r["feature"])].append((r["other_size"], r["nearest"], r["cosine"]))
+            self.up[(arch, r["other_size"], r["nearest"])].append((r["dict_size"], r["feature"], r["cosine"]))
         self.top = top
 
-    def around(self, size: int, feature: int, pages: dict[int, set[Key]]) -> list[dict[str, Any]]:
+    def around(self, architecture: str, size: int, feature: int, pages: dict[str, set[Key]]) -> list[dict[str, Any]]:
         def link(s: int, f: int, cos: float) -> dict[str, Any]:
-            has = ("feature", f) in pages.get(s, set())
-            return {"index": f, "cosine": cos, "path": page_path(s, "feature", f) if has else None}
+            name = dictionary_name(architecture, s)
+            has = ("feature", f) in pages.get(name, set())
+            return {"index": f, "cosine": cos, "path": page_path(name, "feature", f) if has else None}
 
-        out = [{"size": s, "relation": "its nearest feature there", "features": [link(s, f, c)]}
-               for s, f, c in sorted(self.down.get((size, feature), []))]
+        out = [{"name": dictionary_name(architecture, s), "size": s, "relation": "its nearest feature there",
+                "features": [link(s, f, c)]}
+               for s, f, c in sorted(self.down.get((architecture, size, feature), []))]
         larger: dict[int, list] = defaultdict(list)
-        for s, f, c in self.up.get((size, feature), []):
+        for s, f, c in self.up.get((architecture, size, feature), []):
             larger[s].append((c, f))
         for s in sorted(larger):
             best = sorted(larger[s], reverse=True)
             shown = f", the {self.top} closest" if len(best) > self.top else ""
-            out.append({"size": s, "relation": f"{len(best)} features there have it as their nearest{shown}",
+            out.append({"name": dictionary_name(architecture, s), "size": s,
+                        "relation": f"{len(best)} features there have it as their nearest{shown}",
                         "features": [link(s, f, c) for c, f in best[: self.top]]})
         return out
 
@@ -147,10 +158,10 @@ def _logits(toks: list[str] | None, values: list[float] | None) -> list[tuple[An
     return [(tokens.token_text(t), v) for t, v in zip(toks or [], values or [])]
 
 
-def _control_path(size: int, row: dict[str, Any], pages: dict[int, set[Key]]) -> str | None:
+def _control_path(name: str, row: dict[str, Any], pages: dict[str, set[Key]]) -> str | None:
     other = row.get("control_of")
-    has = other is not None and (row["kind"], other) in pages.get(size, set())
-    return page_path(size, row["kind"], other) if has else None
+    has = other is not None and (row["kind"], other) in pages.get(name, set())
+    return page_path(name, row["kind"], other) if has else None
 
 
 def _round(v: Any) -> float | None:

@@ -1,22 +1,23 @@
-"""The sparse autoencoder of Towards Monosemanticity, with SAELens's parameter layout.
+"""What every dictionary is: SAELens's parameter layout, the training loss's interface, and the
+sparse products the ReLU-family encoders share.
 
-    x̄ = x − b_dec;  f = ReLU(x̄ W_enc + b_enc);  x̂ = f W_dec + b_dec
-    loss = mean over elements of (x̂ − x)² + λ · Σ_features |f|, averaged over the batch
-
-``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``: row i of W_dec is feature i's direction
-(the paper's "decoder column"), kept at unit norm.
+``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``: row i of W_dec is feature i's direction (the
+paper's "decoder column"). Each architecture (one module each: standard, standard_2024, topk,
+batchtopk, jumprelu, matryoshka) subclasses `Dictionary` with its published recipe; the trainer,
+reader, checkpoints, evaluation and export see only this interface.
 
 Speed: a trained dictionary fires on ~1% of its features per input, so of the training step's
-five B×d_in×d_sae products only the encoder's needs to be dense. `forward` evaluates the formula
-above with `_Autoencode`, which differentiates it by hand and, while f is sparse, computes the
-decoder and all of backward from f's nonzeros alone; values and gradients are the formula's.
+five B×d_in×d_sae products only the encoder's needs to be dense. `autoencode` runs x̄ = x − b_dec,
+f = activation(x̄ W_enc + b_enc), x̂ = f W_dec + b_dec through `_Autoencode`, which differentiates
+it by hand and, while f is sparse, computes the decoder and all of backward from f's nonzeros
+alone; values and gradients are the formula's.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from typing import NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -27,23 +28,37 @@ from torch import nn
 class Output(NamedTuple):
     x_hat: torch.Tensor
     f: torch.Tensor
-    loss: torch.Tensor
-    mse: torch.Tensor
-    l1: torch.Tensor
+    loss: torch.Tensor  # what the optimiser minimises
+    mse: torch.Tensor  # mean over elements, the same measure for every architecture
+    penalty: torch.Tensor  # the architecture's sparsity or auxiliary term, before its coefficient
+    stats: tuple[torch.Tensor, ...] = ()  # averaged over the ranks, then given to after_step
 
 
-class SparseAutoencoder(nn.Module):
+class Dictionary(nn.Module):
+    """A sparse dictionary: `encode` is inference, `forward` the training loss. Subclasses set
+    `architecture` and override what their recipe changes."""
+
+    architecture: ClassVar[str]
+    unit_norm_decoder: ClassVar[bool] = True  # renormalise rows after each step, drop their parallel gradient
+    resamples: ClassVar[bool] = False  # the 2023 recipe's neuron resampling
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+    max_grad_norm: ClassVar[float | None] = None
     sparse_below = 0.1  # _Autoencode works on f's nonzeros while fewer than this fraction of f fire
 
-    def __init__(self, d_in: int, d_sae: int):
+    def __init__(self, d_in: int, d_sae: int, coefficient: float = 0.0):
         super().__init__()
         self.d_in, self.d_sae = d_in, d_sae
-        # Kaiming-uniform, untied; decoder rows then normalised to unit length.
+        self.coefficient = coefficient  # of `penalty` in the loss; the trainer warms it up
+        # Kaiming-uniform, untied, then decoder rows at unit length: the paper's (subclasses may re-initialise).
         self.W_enc = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(d_sae, d_in), a=math.sqrt(5)).T.contiguous())
         self.W_dec = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(d_sae, d_in), a=math.sqrt(5)))
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.normalize_decoder()
+
+    def options(self) -> dict:
+        """The constructor's keyword arguments beyond the shape: saved with the dictionary."""
+        return {"coefficient": self.coefficient}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
@@ -51,15 +66,38 @@ class SparseAutoencoder(nn.Module):
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         return f @ self.W_dec + self.b_dec
 
-    def forward(self, x: torch.Tensor, l1_coefficient: float = 0.0) -> Output:
+    def encode_units(self, x: torch.Tensor, units: torch.Tensor | None = None) -> torch.Tensor:
+        """`encode(x)` for the features `units` only (all when None). Architectures whose features
+        are computed independently override it to compute only those."""
+        f = self.encode(x)
+        return f if units is None else f[:, units]
+
+    def forward(self, x: torch.Tensor, coefficient: float = 0.0, dead: torch.Tensor | None = None) -> Output:
+        """The training loss on a batch; `dead` marks the latents that have not fired lately."""
+        raise NotImplementedError
+
+    def autoencode(self, x: torch.Tensor, activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu_
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x̂, f) with f = activation(x̄ W_enc + b_enc), an activation that keeps some positive
+        pre-activations and zeroes the rest (ReLU, TopK, BatchTopK): cheap while f is sparse."""
         if x.requires_grad or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
-            f = self.encode(x)  # the formula through autograd
-            x_hat = self.decode(f)
-        else:  # the same, differentiated by hand so that a sparse f makes it cheap
-            x_hat, f = _Autoencode.apply(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.sparse_below)
-        mse = (x_hat - x).pow(2).mean()
-        l1 = f.sum(-1).mean()  # f >= 0, so |f| = f
-        return Output(x_hat, f, mse + l1_coefficient * l1, mse, l1)
+            f = activation((x - self.b_dec) @ self.W_enc + self.b_enc)  # the formula through autograd
+            return self.decode(f), f
+        return _Autoencode.apply(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.sparse_below, activation)
+
+    @torch.no_grad()
+    def initialize(self, sample: torch.Tensor) -> None:
+        """Data-dependent initialisation from training inputs, on rank 0 before step 0: b_dec at
+        their geometric median (the paper's)."""
+        self.b_dec.copy_(geometric_median(sample))
+
+    def before_step(self) -> None:
+        if self.unit_norm_decoder:
+            self.remove_parallel_gradient()
+
+    def after_step(self, stats: tuple[torch.Tensor, ...] = ()) -> None:
+        if self.unit_norm_decoder:
+            self.normalize_decoder()
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -72,9 +110,24 @@ class SparseAutoencoder(nn.Module):
             g, w = self.W_dec.grad, self.W_dec
             g -= (g * w).sum(dim=1, keepdim=True) * w
 
+    def sae_lens_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(cfg.json fields, tensors) in SAELens's on-disk format; loading them back with
+        `from_sae_lens_state` gives a dictionary that encodes and decodes the same."""
+        tensors = {k: getattr(self, k) for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        return {"architecture": "standard", "apply_b_dec_to_input": True}, tensors
+
+    @classmethod
+    def from_sae_lens_state(cls, d_in: int, d_sae: int, options: dict, cfg: dict,
+                            tensors: dict[str, torch.Tensor]) -> "Dictionary":
+        sae = cls(d_in, d_sae, **options)  # buffers used only in training keep their defaults
+        own = sae.state_dict()
+        sae.load_state_dict({k: v.float() for k, v in tensors.items() if k in own}, strict=False)
+        return sae
+
 
 class _Autoencode(torch.autograd.Function):
-    """(x̂, f) = (ReLU(x̄ W_enc + b_enc) W_dec + b_dec, f), x̄ = x − b_dec, with a hand-written backward.
+    """(x̂, f) = (a(x̄ W_enc + b_enc) W_dec + b_dec, f), x̄ = x − b_dec, with a hand-written backward,
+    for an activation a that passes some positive entries through unchanged and zeroes the rest.
 
     With x̂' = ∂L/∂x̂ and G = ∂L/∂f · [f > 0] (the gradient at the pre-activation):
         ∂L/∂f = x̂' W_decᵀ + (∂L/∂f from the L1 term),  ∂L/∂W_dec = fᵀ x̂',  ∂L/∂W_enc = x̄ᵀ G,
@@ -87,9 +140,9 @@ class _Autoencode(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, sparse_below):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, sparse_below, activation):
         x_bar = x - b_dec
-        f = torch.addmm(b_enc, x_bar, W_enc).relu_()  # the one dense product
+        f = activation(torch.addmm(b_enc, x_bar, W_enc))  # the one dense product
         active = f > 0
         ctx.sparse = bool(torch.count_nonzero(active) < sparse_below * f.numel())
         ctx.set_materialize_grads(False)
@@ -121,7 +174,7 @@ class _Autoencode(torch.autograd.Function):
             g_W_dec = _bag_sums(rows_by_col, g_xhat, by_col, vals[order])  # [c] = Σ_r f[r, c] x̂'[r]
             g_W_enc = _bag_sums(rows_by_col, x_bar, by_col, G[order]).T  # [:, c] = Σ_r G[r, c] x̄[r]
             g_b_enc = G.new_zeros(len(W_dec)).index_add_(0, cols, G)
-        return None, g_W_enc, g_b_enc, g_W_dec, g_xhat.sum(0) - W_enc @ g_b_enc, None
+        return None, g_W_enc, g_b_enc, g_W_dec, g_xhat.sum(0) - W_enc @ g_b_enc, None, None
 
 
 def _bounds(ids: torch.Tensor, n: int) -> torch.Tensor:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from monosemantic.sae.model import SparseAutoencoder
+from monosemantic.sae.standard import Standard
 
 ENCODER_SCALE = 0.2
 
 
 @torch.no_grad()
-def per_input_loss(sae: SparseAutoencoder, x: torch.Tensor, l1_coefficient: float, batch: int = 8192) -> torch.Tensor:
+def per_input_loss(sae: Standard, x: torch.Tensor, l1_coefficient: float, batch: int = 8192) -> torch.Tensor:
     """Each input's own loss (its MSE over elements + λ·its L1), as used to weight the draw."""
     out = []
     for i in range(0, len(x), batch):
@@ -29,7 +29,7 @@ def per_input_loss(sae: SparseAutoencoder, x: torch.Tensor, l1_coefficient: floa
 
 @torch.no_grad()
 def resample(
-    sae: SparseAutoencoder,
+    sae: Standard,
     optimizer: torch.optim.Adam,
     dead: torch.Tensor,
     inputs: torch.Tensor,

@@ -1,4 +1,5 @@
-"""Train one dictionary: Adam on the SAE loss, unit-norm decoder, the paper's resampling.
+"""Train one dictionary of any architecture: Adam on its loss, its decoder constraint, and the
+paper's resampling where the architecture uses it.
 
 Resumable: a checkpoint holds the weights, Adam's state, the reader's position, the
 dead-neuron counters and the RNG, so a killed run continues to the same final weights.
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from monosemantic.compute import Compute
 from monosemantic.errors import UserError
-from monosemantic.sae.model import SparseAutoencoder, geometric_median
+from monosemantic.sae.model import Dictionary
 from monosemantic.sae.resample import per_input_loss, resample
 
 
@@ -29,10 +30,9 @@ class TrainingDiverged(UserError):
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int
-    l1_coefficient: float
     lr: float = 1e-4
     batch_size: int = 4096
-    l1_warmup_steps: int = 0
+    l1_warmup_steps: int = 0  # the sparsity coefficient's linear warm-up, whatever the architecture's penalty
     lr_warmup_steps: int = 0
     lr_decay_steps: int = 0  # linear decay to zero over the last N steps
     resample_steps: tuple[int, ...] = ()
@@ -43,19 +43,23 @@ class TrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_params(cls, p) -> "TrainConfig":
-        """From params.yaml's ``sae.train`` (monosemantic.params.SAETrainParams)."""
+    def from_params(cls, sae, architecture: str = "standard") -> "TrainConfig":
+        """From params.yaml's ``sae`` section (monosemantic.params.SAEParams): ``sae.train`` and the
+        trainer's part of ``sae.<architecture>`` (its learning rate, resampling)."""
+        p, a = sae.train, getattr(sae, architecture)
+        resample = getattr(a, "resample", False)
         return cls(
-            steps=p.steps, l1_coefficient=p.l1_coefficient, lr=p.lr, batch_size=p.batch_size,
+            steps=p.steps, lr=a.lr or p.lr, batch_size=p.batch_size,
             l1_warmup_steps=p.l1_warmup_steps, lr_warmup_steps=p.lr_warmup_steps, lr_decay_steps=p.lr_decay_steps,
-            resample_steps=tuple(p.resample_steps) if p.resample else (), dead_window=p.dead_window,
-            resample_inputs=p.resample_inputs, log_every=p.log_every, checkpoint_every=p.checkpoint_every,
-            seed=p.seed,
+            resample_steps=tuple(a.resample_steps) if resample else (), dead_window=p.dead_window,
+            resample_inputs=getattr(a, "resample_inputs", cls.resample_inputs), log_every=p.log_every,
+            checkpoint_every=p.checkpoint_every, seed=p.seed,
         )
 
 
-def adam(sae: SparseAutoencoder, lr: float) -> torch.optim.Adam:
-    return torch.optim.Adam(sae.parameters(), lr=lr, fused=True)  # one fused kernel: ~3x faster than the loop
+def adam(sae: Dictionary, lr: float) -> torch.optim.Adam:
+    # one fused kernel: ~3x faster than the loop
+    return torch.optim.Adam(sae.parameters(), lr=lr, betas=sae.adam_betas, fused=True)
 
 
 class Step(NamedTuple):
@@ -63,38 +67,38 @@ class Step(NamedTuple):
 
     loss: torch.Tensor
     mse: torch.Tensor
-    l1: torch.Tensor
+    penalty: torch.Tensor
     l0: torch.Tensor
     fired: torch.Tensor
 
 
-def train_step(sae: SparseAutoencoder, opt: torch.optim.Adam, x: torch.Tensor, l1: float,
-               compute: Compute = Compute(), share: float = 1.0) -> Step:
-    """Adam on the loss, then the decoder back to unit norm. `x` is this rank's `share` of the
+def train_step(sae: Dictionary, opt: torch.optim.Adam, x: torch.Tensor, coefficient: float,
+               compute: Compute = Compute(), share: float = 1.0, dead: torch.Tensor | None = None) -> Step:
+    """Adam on the architecture's loss, inside its constraint. `x` is this rank's `share` of the
     global batch: the ranks' gradients are averaged with those weights, which is the gradient of
     the global batch's mean loss, so every rank takes the same step."""
     with compute.autocast():
-        out = sae(x, l1)
+        out = sae(x, coefficient, dead)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     f = out.f.detach()
     # f >= 0: amax is a faster "fired at all" than (f > 0).any(0)
-    terms = compute.reduce_gradients_(sae.parameters(), share, out.loss, out.mse, out.l1,
-                                      torch.count_nonzero(f) / len(f), f.amax(0))
-    sae.remove_parallel_gradient()
+    loss, mse, penalty, l0, fired, *stats = compute.reduce_gradients_(
+        sae.parameters(), share, out.loss, out.mse, out.penalty, torch.count_nonzero(f) / len(f), f.amax(0), *out.stats)
+    sae.before_step()
+    if sae.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), sae.max_grad_norm)
     opt.step()
-    sae.normalize_decoder()
-    loss, mse, l1, l0, fired = terms
-    return Step(loss.detach(), mse.detach(), l1.detach(), l0, fired > 0)
+    sae.after_step(tuple(stats))
+    return Step(loss.detach(), mse.detach(), penalty.detach(), l0, fired > 0)
 
 
 def schedule(step: int, cfg: TrainConfig) -> tuple[float, float]:
-    """(learning rate, L1 coefficient) at `step`."""
+    """(learning rate, the sparsity coefficient's warm-up factor in [0, 1]) at `step`."""
     lr = cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else cfg.lr
     if cfg.lr_decay_steps and step >= cfg.steps - cfg.lr_decay_steps:
         lr *= (cfg.steps - step) / cfg.lr_decay_steps
-    l1 = cfg.l1_coefficient * min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else cfg.l1_coefficient
-    return lr, l1
+    return lr, min(1.0, (step + 1) / cfg.l1_warmup_steps) if cfg.l1_warmup_steps else 1.0
 
 
 @dataclass
@@ -107,7 +111,7 @@ class State:
 
 
 def train_sae(
-    sae: SparseAutoencoder,
+    sae: Dictionary,
     batches: Callable[[int], Iterator[torch.Tensor]],
     sample_inputs: Callable[[int, torch.Generator], torch.Tensor],
     cfg: TrainConfig,
@@ -118,7 +122,9 @@ def train_sae(
 ) -> State:
     """Train `sae` in place, on `compute`'s device. `batches(position)` yields this rank's part of each
     global batch from a row position; `sample_inputs(n, gen)` draws n random training inputs (for
-    b_dec's init and resampling: rank 0 draws, decides, and broadcasts). Only rank 0 checkpoints."""
+    the architecture's data-dependent init and resampling: rank 0 draws, decides, and broadcasts).
+    Only rank 0 checkpoints."""
+    resample_steps = cfg.resample_steps if sae.resamples else ()
     opt = adam(sae, cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     state = State(steps_since_fired=torch.zeros(sae.d_sae, dtype=torch.long, device=compute.device))
@@ -139,19 +145,20 @@ def train_sae(
     if state.step == 0:
         with torch.no_grad():
             if compute.is_main:
-                sample = compute.to_device(sample_inputs(min(cfg.resample_inputs, 32_768), gen))
-                sae.b_dec.copy_(geometric_median(sample))
-            compute.broadcast_(list(sae.parameters()))  # every rank starts from rank 0's weights
+                sae.initialize(compute.to_device(sample_inputs(min(cfg.resample_inputs, 32_768), gen)))
+            compute.broadcast_([*sae.parameters(), *sae.buffers()])  # every rank starts from rank 0's weights
 
     t0, start = time.perf_counter(), state.step
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train_sae d_sae={sae.d_sae}", unit="step",
                disable=not compute.is_main)
     while state.step < cfg.steps:
-        lr, l1 = schedule(state.step, cfg)
+        lr, warmup = schedule(state.step, cfg)
+        coefficient = sae.coefficient * warmup
         for group in opt.param_groups:
             group["lr"] = lr
         x = compute.to_device(next(data))
-        out = train_step(sae, opt, x, l1, compute, len(x) / cfg.batch_size)
+        dead = state.steps_since_fired >= cfg.dead_window  # for auxiliary losses on dead latents
+        out = train_step(sae, opt, x, coefficient, compute, len(x) / cfg.batch_size, dead)
         if not torch.isfinite(out.loss):  # the global loss: every rank stops together
             kept = f"the checkpoint {checkpoint} is kept" if checkpoint is not None and checkpoint.exists() else "no checkpoint was written"
             raise TrainingDiverged(f"the SAE loss became {out.loss.item()} at step {state.step + 1} (d_sae={sae.d_sae}); "
@@ -161,12 +168,12 @@ def train_sae(
         state.step += 1
         state.tokens += cfg.batch_size
 
-        resampling, resampled = state.step in cfg.resample_steps, 0
+        resampling, resampled = state.step in resample_steps, 0
         if resampling:
             dead = state.steps_since_fired >= min(cfg.dead_window, state.step)  # the same on every rank
             if compute.is_main:
                 inputs = compute.to_device(sample_inputs(cfg.resample_inputs, gen))
-                resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, l1), gen)
+                resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, coefficient), gen)
             _broadcast_resampled(sae, opt, compute)
             state.steps_since_fired[dead] = 0
             resampled = int(dead.sum())
@@ -174,9 +181,9 @@ def train_sae(
         if resampling or state.step % cfg.log_every == 0 or state.step == cfg.steps:
             dead_now = int((state.steps_since_fired >= min(cfg.dead_window, state.step)).sum())
             rate = (state.step - start) * cfg.batch_size / (time.perf_counter() - t0)
-            row = {"loss": out.loss.item(), "mse": out.mse.item(), "l1": out.l1.item(), "l0": out.l0.item(),
+            row = {"loss": out.loss.item(), "mse": out.mse.item(), "penalty": out.penalty.item(), "l0": out.l0.item(),
                    "dead_features": dead_now, "resampled_neurons": resampled, "lr": lr,
-                   "l1_coefficient": l1, "tokens_per_second": rate}
+                   "coefficient": coefficient, "tokens_per_second": rate}
             state.history.append({"step": state.step, **row})
             log(state.step, row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", tok_s=f"{rate:.0f}", refresh=False)
@@ -188,7 +195,7 @@ def train_sae(
     return state
 
 
-def _broadcast_resampled(sae: SparseAutoencoder, opt: torch.optim.Adam, compute: Compute) -> None:
+def _broadcast_resampled(sae: Dictionary, opt: torch.optim.Adam, compute: Compute) -> None:
     """Rank 0's resampled weights and reset Adam moments, on every rank."""
     if not compute.distributed:
         return

@@ -7,7 +7,7 @@
   var col = {};
   data.columns.forEach(function (name, i) { col[name] = i; });
   var rows = data.rows.map(function (r) {
-    r.haystack = [r[col.kind], r[col.index], r[col.explanation] || "", r[col.explanation_error] || "",
+    r.haystack = [r[col.dictionary], r[col.kind], r[col.index], r[col.explanation] || "", r[col.explanation_error] || "",
                   r[col.best_proxy] || ""].join(" ").toLowerCase();
     return r;
   });
@@ -32,10 +32,10 @@
   }
 
   function apply() {
-    var q = $("q").value.trim().toLowerCase(), size = $("size").value, kind = $("kind").value;
+    var q = $("q").value.trim().toLowerCase(), dict = $("dictionary").value, kind = $("kind").value;
     var only = $("interpreted").checked;
     shown = rows.filter(function (r) {
-      return (!size || String(r[col.size]) === size) && (!kind || r[col.kind] === kind) &&
+      return (!dict || r[col.dictionary] === dict) && (!kind || r[col.kind] === kind) &&
              (!only || r[col.page]) && (!q || r.haystack.indexOf(q) !== -1);
     });
     if (sortKey !== null) {
@@ -57,7 +57,7 @@
     var frag = document.createDocumentFragment();
     shown.slice(page * PAGE, (page + 1) * PAGE).forEach(function (r) {
       var tr = document.createElement("tr");
-      cell(tr, r[col.size], "num");
+      cell(tr, r[col.dictionary]);   // sorts by "order": the site's order of dictionaries, not by name
       var unit = cell(tr, "", "num");
       var label = r[col.kind] + " " + r[col.index];
       if (r[col.page]) {
@@ -101,7 +101,7 @@
   });
   var timer;
   $("q").addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(apply, 120); });
-  ["size", "kind", "interpreted"].forEach(function (id) { $(id).addEventListener("change", apply); });
+  ["dictionary", "kind", "interpreted"].forEach(function (id) { $(id).addEventListener("change", apply); });
   $("prev").addEventListener("click", function () { page--; render(); });
   $("next").addEventListener("click", function () { page++; render(); });
   document.querySelector('#units-table th[data-key="' + sortKey + '"]').setAttribute("aria-sort", "descending");

@@ -1,0 +1,99 @@
+"""BatchTopK dictionaries: Bussmann, Leask & Nanda 2024, "BatchTopK Sparse Autoencoders"
+(arXiv:2412.06410).
+
+    training:   f = BatchTopK_{k·B}(ReLU(x̄ W_enc + b_enc))   the k·B largest activations of the batch
+    inference:  f = JumpReLU_θ(x̄ W_enc + b_enc) = pre · [pre > θ]
+    x̄ = x − b_dec;  x̂ = f W_dec + b_dec;  loss = MSE/Var(x) + α · AuxK, as TopK (monosemantic.sae.topk)
+
+Inputs share a budget of k·B latents, so the number each uses adapts to the input while the
+batch's mean L0 is k. θ, the threshold that reproduces that sparsity without a batch, is
+estimated during training from the smallest activation kept in each batch: its running mean
+for the first 1/(1 − threshold_beta) batches, an exponential moving average with factor
+threshold_beta after. θ is a buffer, so checkpoints and the trainer's broadcast carry it; the
+dictionary exports to SAELens as "jumprelu" with every feature's threshold at θ (as SAELens
+exports its BatchTopK). Initialisation, decoder constraint and AuxK are TopK's.
+
+Differences from the paper:
+- Data parallelism: each rank keeps the top k·B_rank of its own share of the batch (not of the
+  global batch), and θ's per-batch value is the mean over the ranks of their smallest kept
+  activation. With one process both are the paper's.
+- The paper states θ as the average of the per-batch minima; here a running mean turning into
+  an EMA, so that θ follows the encoder as it trains (SAELens: an EMA from 0, biased low early).
+- Loss normalisation, initialisation (b_dec at the geometric median) and AuxK follow Gao et al.
+  2024; the authors' code uses the plain MSE, a zero b_dec and AuxK on the plain residual MSE.
+- α's warm-up: as TopK's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from monosemantic.sae.model import Output
+from monosemantic.sae.topk import TopK
+
+
+def batch_top_k(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """ReLU of the k · len(pre) largest entries of the whole batch; zero elsewhere."""
+    n, width = k * len(pre), min(pre.shape[1], 4 * k)
+    # Fast path (2-3x on CPU): the batch's n largest lie among each row's `width` largest, unless
+    # some row has all of its candidates among them and so perhaps more; then select among all.
+    row_values, row_indices = pre.topk(width, dim=1, sorted=False)
+    values, picked = row_values.flatten().topk(n, sorted=False)
+    if width < pre.shape[1] and bool((row_values.amin(1) >= values.min()).any()):
+        values, flat = pre.flatten().topk(n, sorted=False)
+    else:
+        flat = picked // width * pre.shape[1] + row_indices.flatten()[picked]
+    return torch.zeros(pre.numel(), dtype=pre.dtype, device=pre.device).scatter_(0, flat, values.relu()).view_as(pre)
+
+
+class BatchTopK(TopK):
+    architecture = "batchtopk"
+
+    def __init__(self, d_in: int, d_sae: int, k: int = 32, aux_k: int | None = None, aux_coefficient: float = 1 / 32,
+                 threshold_beta: float = 0.999):
+        super().__init__(d_in, d_sae, k, aux_k, aux_coefficient)
+        self.threshold_beta = threshold_beta
+        self.register_buffer("threshold", torch.zeros(()))  # θ, inference's JumpReLU threshold
+        self.register_buffer("threshold_batches", torch.zeros((), dtype=torch.long))  # batches θ has seen
+
+    def options(self) -> dict:
+        return {**super().options(), "threshold_beta": self.threshold_beta}
+
+    def activation(self, pre: torch.Tensor) -> torch.Tensor:
+        return batch_top_k(pre, self.k)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        pre = (x - self.b_dec) @ self.W_enc + self.b_enc
+        return pre * (pre > self.threshold)
+
+    def forward(self, x: torch.Tensor, coefficient: float = 0.0, dead: torch.Tensor | None = None) -> Output:
+        out = super().forward(x, coefficient, dead)
+        return out._replace(stats=(self.smallest_kept(out.f),))
+
+    @torch.no_grad()
+    def smallest_kept(self, f: torch.Tensor) -> torch.Tensor:
+        """This batch's estimate of θ: its smallest nonzero activation (θ itself if none fired)."""
+        smallest = torch.where(f > 0, f, torch.inf).amin().float()
+        return torch.where(torch.isfinite(smallest), smallest, self.threshold)
+
+    @torch.no_grad()
+    def after_step(self, stats: tuple[torch.Tensor, ...] = ()) -> None:
+        super().after_step(stats)
+        if not stats:  # not a training step's
+            return
+        self.threshold_batches += 1
+        rate = max(1 - self.threshold_beta, 1 / int(self.threshold_batches))
+        self.threshold += rate * (stats[0].to(self.threshold) - self.threshold)
+
+    def sae_lens_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        _, tensors = super().sae_lens_state()
+        return ({"architecture": "jumprelu", "apply_b_dec_to_input": True},
+                {**tensors, "threshold": self.threshold.expand(self.d_sae)})
+
+    @classmethod
+    def from_sae_lens_state(cls, d_in: int, d_sae: int, options: dict, cfg: dict,
+                            tensors: dict[str, torch.Tensor]) -> "BatchTopK":
+        weights = {k: v for k, v in tensors.items() if k != "threshold"}  # SAELens's: one per feature
+        sae = super().from_sae_lens_state(d_in, d_sae, options, cfg, weights)
+        sae.threshold.fill_(float(tensors["threshold"][0]))  # written by sae_lens_state: one θ for every feature
+        return sae
