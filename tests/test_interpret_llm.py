@@ -143,7 +143,7 @@ def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat
     from monosemantic.interpret import interpret_dictionary
     from monosemantic.model import Transformer, TransformerConfig
     from monosemantic.params import InterpretParams
-    from monosemantic.sae.model import SparseAutoencoder
+    from monosemantic.sae.standard import Standard
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -157,7 +157,7 @@ def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat
     p = InterpretParams(batch_tokens=256, top_examples=4, intervals=3, interval_examples=1, random_examples=3,
                         top_tokens=1, token_contexts=1, window_before=3, window_after=2, histogram_bins=5,
                         min_contexts=2, features=3, split_block_contexts=2)
-    r = interpret_dictionary(acts, 0, tokens, ctx, SparseAutoencoder(d, 8), model, strings, {},
+    r = interpret_dictionary(acts, 0, tokens, ctx, Standard(d, 8), model, strings, {},
                              LLMBackend(client(chat, tmp_path), strings), p)
     held = r.examples.filter(pl.col("split") == "heldout")
     peak = {}  # unit -> {window: its max activation}
