@@ -1,5 +1,6 @@
 """Every architecture on the tiny pipeline's real activations: a short training run through the
-shared trainer, then SAELens loads the export and gives our features and reconstructions."""
+shared trainer (how well each learns is tests/test_architectures_*.py's and the ground-truth
+test's), then SAELens loads the export and gives our features and reconstructions."""
 
 import json
 
@@ -31,7 +32,7 @@ def test_saelens_reproduces_each_architecture_on_real_activations(repo, tmp_path
     sae = build(architecture, acts.shape[1], 128, params.sae.options(architecture))
     state = train_sae(sae, lambda pos: batches(acts, start, stop, cfg.batch_size, 0, 8, pos),
                       lambda n, g: random_rows(acts, start, stop, n, g), cfg)
-    assert state.history[-1]["loss"] < state.history[0]["loss"]
+    assert state.step == 40 and all(torch.isfinite(v).all() for v in sae.state_dict().values())
 
     save_sae(sae, tmp_path / "d", {"hook_name": "mlp.act"})
     assert json.loads((tmp_path / "d/cfg.json").read_text())["architecture"] == SAE_LENS[architecture]
