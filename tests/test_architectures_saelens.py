@@ -2,6 +2,7 @@
 shared trainer (how well each learns is tests/test_architectures_*.py's and the ground-truth
 test's), then SAELens loads the export and gives our features and reconstructions."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -25,9 +26,9 @@ def test_saelens_reproduces_each_architecture_on_real_activations(repo, tmp_path
     sae_lens = pytest.importorskip("sae_lens")
     params = load_params(repo / "params.yaml")
     store = zarr.open_group(repo / "data/activations.zarr", mode="r")
-    acts, (start, stop), (e0, e1) = store["acts"], store.attrs["splits"]["train"], store.attrs["splits"]["eval"]
+    acts, (start, stop), e0 = store["acts"], store.attrs["splits"]["train"], store.attrs["splits"]["eval"][0]
     cfg = TrainConfig.from_params(params.sae, architecture)
-    cfg = TrainConfig(**{**cfg.__dict__, "steps": 40, "checkpoint_every": 1000, "log_every": 10})
+    cfg = dataclasses.replace(cfg, steps=40, checkpoint_every=1000, log_every=10)
     torch.manual_seed(0)
     sae = build(architecture, acts.shape[1], 128, params.sae.options(architecture))
     state = train_sae(sae, lambda pos: batches(acts, start, stop, cfg.batch_size, 0, 8, pos),
