@@ -14,7 +14,7 @@ from monosemantic.sae import ARCHITECTURES, build
 from monosemantic.sae.batchtopk import batch_top_k
 from monosemantic.sae.export import load_sae, save_sae
 from monosemantic.sae.trainer import TrainConfig, train_sae
-from tests.test_sae_training import Killed
+from tests.test_sae_training import Killed, SparseWorld, recovery
 
 ARCHS = ["topk", "batchtopk", "matryoshka"]
 PARAMS = {"topk": TopKParams, "batchtopk": BatchTopKParams, "matryoshka": MatryoshkaParams}
@@ -104,34 +104,6 @@ def test_options_are_the_params_fields(arch):
         PARAMS[arch]().model_dump(exclude={"lr"})
 
 
-class World:
-    """tests/test_sae_training.py's SparseWorld, smaller: inputs are sums of `active` of `n` known unit
-    directions in `d` dimensions, with coefficients in [0.5, 1.5]."""
-
-    def __init__(self, n=64, d=24, active=3, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.n, self.d, self.active = n, d, active
-        self.dictionary = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-
-    def sample(self, m, g):
-        idx = torch.rand(m, self.n, generator=g).argsort(1)[:, : self.active]
-        coefficients = torch.zeros(m, self.n).scatter_(1, idx, torch.rand(m, self.active, generator=g) + 0.5)
-        return coefficients @ self.dictionary
-
-    def batches(self, batch):
-        def from_position(position):
-            step = position // batch
-            while True:
-                yield self.sample(batch, torch.Generator().manual_seed(10_000 + step))
-                step += 1
-        return from_position
-
-    def recovery(self, sae):
-        """Mean over the true directions of the best cosine similarity with a decoder row."""
-        cos = torch.nn.functional.normalize(sae.W_dec.detach(), dim=1) @ self.dictionary.T
-        return cos.max(0).values.mean().item()
-
-
 def _cfg(**kw):
     return TrainConfig(**{"steps": 300, "lr": 1e-2, "batch_size": 256, "dead_window": 50, "resample_inputs": 4096,
                           "log_every": 50, "checkpoint_every": 10**6, **kw})
@@ -139,7 +111,7 @@ def _cfg(**kw):
 
 @functools.cache
 def _trained(arch):
-    world = World()
+    world = SparseWorld(n=64, d=24)  # small, for speed
     torch.manual_seed(0)
     sae = build(arch, world.d, 2 * world.n, {"k": world.active})
     state = train_sae(sae, world.batches(256), world.sample, _cfg())
@@ -154,7 +126,7 @@ def test_training_recovers_known_features_at_k_active(arch):
         f = sae.encode(x)
         fvu = (sae.decode(f) - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
     assert fvu < 0.3, fvu  # Matryoshka's inner prefixes cost it some fidelity (~0.2 here; TopK ~0.1)
-    assert world.recovery(sae) > 0.85, world.recovery(sae)
+    assert recovery(sae, world) > 0.85, recovery(sae, world)
     assert (sae.W_dec.norm(dim=1) - 1).abs().max() < 1e-5
     k = world.active
     assert all(abs(row["l0"] - k) < 1e-6 for row in state.history)  # k per input, or k·B per batch
@@ -193,7 +165,7 @@ def test_export_loads_back_and_in_saelens(arch, tmp_path):
 
 
 def test_killed_batchtopk_training_resumes_to_identical_weights_and_threshold(tmp_path):
-    world = World(seed=6)
+    world = SparseWorld(seed=6, n=64, d=24)
     c = _cfg(steps=120, batch_size=128, dead_window=20, checkpoint_every=40, log_every=10)
     fresh = lambda seed: (torch.manual_seed(seed), build("batchtopk", world.d, 96, {"k": 3}))[1]
     clean = fresh(0)

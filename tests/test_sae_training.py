@@ -12,16 +12,16 @@ D_IN, N_TRUE = 48, 192
 
 
 class SparseWorld:
-    """Inputs that are sparse non-negative combinations of known unit directions."""
+    """Inputs that are sparse non-negative combinations (`active` of `n`) of known unit directions in `d`."""
 
-    def __init__(self, seed=0, active=3):
+    def __init__(self, seed=0, active=3, n=N_TRUE, d=D_IN):
         g = torch.Generator().manual_seed(seed)
-        self.dictionary = torch.nn.functional.normalize(torch.randn(N_TRUE, D_IN, generator=g), dim=1)
-        self.active = active
+        self.dictionary = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+        self.n, self.d, self.active = n, d, active
 
     def sample(self, n, g):
-        idx = torch.rand(n, N_TRUE, generator=g).argsort(1)[:, : self.active]
-        coeffs = torch.zeros(n, N_TRUE).scatter_(1, idx, torch.rand(n, self.active, generator=g) + 0.5)
+        idx = torch.rand(n, self.n, generator=g).argsort(1)[:, : self.active]
+        coeffs = torch.zeros(n, self.n).scatter_(1, idx, torch.rand(n, self.active, generator=g) + 0.5)
         return coeffs @ self.dictionary
 
     def batches(self, batch):
@@ -34,6 +34,7 @@ class SparseWorld:
 
 
 def recovery(sae, world):
+    """Mean over the true directions of the best cosine similarity with a decoder row."""
     cos = torch.nn.functional.normalize(sae.W_dec.detach(), dim=1) @ world.dictionary.T
     return cos.max(0).values.mean().item()
 
