@@ -61,7 +61,7 @@ def copy_project(dest: Path) -> Path:
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory):
     path = copy_project(tmp_path_factory.mktemp("tiny"))
-    res = sh("dvc", "repro", cwd=path)
+    res = sh("dvc", "repro", cwd=path, timeout=1800)  # ~5 min on a quiet 2-core machine
     (path / "repro.log").write_text(res.stdout + res.stderr)
     return path
 
