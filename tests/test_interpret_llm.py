@@ -230,13 +230,13 @@ def test_interpret_stage_with_the_openai_backend_leaks_no_key(repo, tmp_path, ch
                              "openai": {"base_url": chat.url, "model": "fake", "api_key_env": "FAKE_LLM_KEY",
                                         "max_concurrency": 4, "backoff_s": 0.0}}
     set_params(path, use_openai)
-    missing = sh(BIN_PY, "-m", "stages.interpret", "128", cwd=path, check=False)
+    missing = sh(BIN_PY, "-m", "stages.interpret", "standard-128", cwd=path, check=False)
     assert missing.returncode == 2 and "FAKE_LLM_KEY is not set" in missing.stderr
     env = {**ENV, "FAKE_LLM_KEY": KEY}
-    res = subprocess.run([BIN_PY, "-m", "stages.interpret", "128"], cwd=path, env=env, capture_output=True,
+    res = subprocess.run([BIN_PY, "-m", "stages.interpret", "standard-128"], cwd=path, env=env, capture_output=True,
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
-    m = json.loads((path / "metrics/sae/128/interp.json").read_text())
+    m = json.loads((path / "metrics/sae/standard-128/interp.json").read_text())
     assert m["backend"] == "openai" and m["features"]["scored"] == 10 and m["features"]["failed"] == 0
     assert all(r["auth"] == f"Bearer {KEY}" for r in chat.requests)
     for f in [p for p in path.rglob("*") if p.is_file()]:
