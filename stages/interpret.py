@@ -19,9 +19,9 @@ def main(arg: str) -> None:
         p, name, size = s.section, s.dictionary.name, s.dictionary.size
         key = api_key(p.openai) if p.backend == "openai" else None  # fail before any work
         proxies = {proxy.name: detector(proxy) for proxy in p.proxies}
-        for key, path in (("activations", "data/activations.zarr"), ("tokenizer", "data/tokenizer.json"),
-                           ("model", "models/transformer"), ("sae", f"models/sae/{name}")):
-            s.input(key, path)
+        for what, path in (("activations", "data/activations.zarr"), ("tokenizer", "data/tokenizer.json"),
+                            ("model", "models/transformer"), ("sae", f"models/sae/{name}")):
+            s.input(what, path)
         store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{name}")
         tok = load_tokenizer("data/tokenizer.json")
         strings = token_strings(tok)
