@@ -4,8 +4,10 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup init repro test bench browser clean-venv
+.PHONY: setup setup-dev init repro test bench browser clean-venv
 
+# The pipeline needs only the core packages; the tests add the `dev` extra (SAELens, transformers,
+# playwright...), so `make repro` on a fresh machine does not wait for what only the tests use.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -13,11 +15,17 @@ $(VENV)/.installed: pyproject.toml
 	@# --no-deps because its dependencies are not local; the next install adds them around it.
 	@# Elsewhere this fails quietly and the loose range in pyproject.toml picks torch.
 	-$(PY) -m pip install -q --no-deps --no-index "torch==2.13.0" 2>/dev/null
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e .
 	@$(PY) -c "import torch; print('set-up done: torch', torch.__version__)"
 	touch $@
 
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
 setup: $(VENV)/.installed
+
+setup-dev: $(VENV)/.installed-dev
 
 init: setup
 	@[ -d .git ] || git init -q
@@ -31,10 +39,10 @@ browser:
 	@[ -x /usr/bin/chromium ] || { SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 
-test: setup browser
+test: setup-dev browser
 	$(PY) -m pytest
 
-bench: setup
+bench: setup-dev
 	$(PY) benchmarks/tokenize_throughput.py
 	$(PY) benchmarks/cache_throughput.py
 	$(PY) benchmarks/sae_step.py
