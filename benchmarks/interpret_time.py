@@ -2,7 +2,7 @@
 to the floor of one plain pass (read the scanned rows and encode every feature). Prints
 name=value lines.
 
-Target: the default run's interpret@standard-4096 (200 features + all 512 neurons, 500k tokens) in under
+Target: the default run's interpret@standard-2048 (200 features + all 512 neurons, 500k tokens) in under
 120 s on 2 cores; `scan_to_floor` says how far the two passes are from a single bare one.
 Run from a repo where `dvc repro` has produced data/ and models/ (the default params).
 """
@@ -26,7 +26,7 @@ from monosemantic.tokenizer import load_tokenizer, token_strings
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dictionary", default="standard-4096", help="<architecture>-<size>")
+    ap.add_argument("--dictionary", default="standard-2048", help="<architecture>-<size>")
     args = ap.parse_args()
     if not Path(f"models/sae/{args.dictionary}").exists():
         sys.exit(f"models/sae/{args.dictionary} not found: run `dvc repro train_sae@{args.dictionary}` first")
