@@ -161,7 +161,8 @@ def test_neuronpedia_export_has_neuronpedias_and_saedashboards_fields(repo, neur
             assert page["maxActApprox"] == pytest.approx(row["max_activation"])
             assert page["pos_str"] == row["logit_boost_tokens"] and page["neg_str"] == row["logit_suppress_tokens"]
             assert sum(page["freq_hist_data_bar_heights"]) == sum(row["hist_counts"]) > 0
-            assert len(page["neuron_alignment_indices"]) == 3
+            top = loaded(repo, name)[0].W_dec[row["index"]].detach().topk(3)  # SAEDashboard's neuron alignment
+            assert page["neuron_alignment_indices"] == top.indices.tolist()
             assert acts, f"{name} feature {row['index']} has no examples"
             for a in acts:
                 assert set(a) <= ACTIVATION and REQUIRED["activation"] <= set(a)

@@ -139,7 +139,9 @@ def _dashboard_feature(row: dict, examples: list[dict], direction: torch.Tensor,
     width = peak / max(len(counts), 1)
     centres = [(k + 0.5) * width for k in range(len(counts))]
     total = sum(counts)
-    top = direction.abs().topk(min(3, len(direction)))  # as SAEDashboard: the neurons the decoder row writes most to
+    # SAEDashboard's neuron alignment (data_parsing_fns.add_neuron_alignment_data, 3 rows): the neurons the
+    # decoder row writes most to, and each one's share of the row's L1 norm
+    top = direction.topk(min(3, len(direction)))
     l1 = float(direction.abs().sum()) or 1.0
 
     def interval(i: int) -> tuple[float, float, float]:
@@ -155,8 +157,8 @@ def _dashboard_feature(row: dict, examples: list[dict], direction: torch.Tensor,
     return {
         "feature_index": row["index"],
         "neuron_alignment_indices": top.indices.tolist(),
-        "neuron_alignment_values": _round(direction[top.indices].tolist()),
-        "neuron_alignment_l1": _round((direction[top.indices] / l1).tolist()),
+        "neuron_alignment_values": _round(top.values.tolist()),
+        "neuron_alignment_l1": _round((top.values.abs() / l1).tolist()),
         "correlated_neurons_indices": [], "correlated_neurons_l1": [], "correlated_neurons_pearson": [],
         "correlated_features_indices": [], "correlated_features_l1": [], "correlated_features_pearson": [],
         "neg_str": row["logit_suppress_tokens"] or [], "neg_values": _round(row["logit_suppress_values"] or []),
