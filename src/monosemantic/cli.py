@@ -21,6 +21,23 @@ def main(argv: list[str] | None = None) -> int:
     diff_p.add_argument("--all", action="store_true", help="also list unchanged params and metrics")
     diff_p.add_argument("--targets", nargs="+", metavar="PATH",
                         help="metrics files or directories to compare (default: all in dvc.yaml)")
+    export_p = sub.add_parser("export", help="write a dictionary's features for Neuronpedia or EleutherAI delphi",
+                              epilog="run in the workspace that made the dictionary; exit status 2 on bad input")
+    formats = export_p.add_subparsers(dest="format", required=True)
+    np_p = formats.add_parser("neuronpedia", help="feature JSON per feature + SAEDashboard batch files, "
+                                                   "from the interpret stage's outputs")
+    np_p.add_argument("--model-id", default="monosemantic-1l", help="Neuronpedia model id (default %(default)s)")
+    np_p.add_argument("--layer", type=int, default=0, help="layer number in the source id <layer>-<dictionary>")
+    np_p.add_argument("--all", action="store_true", help="also the features interpret did not sample (statistics only)")
+    dl_p = formats.add_parser("delphi", help="delphi's latent cache: every activation of the latents over a token set")
+    dl_p.add_argument("--split", default="train", help="the activation store's split to encode (default train)")
+    dl_p.add_argument("--max-tokens", type=int, help="encode only the split's first N tokens (whole contexts)")
+    dl_p.add_argument("--latents", help="comma-separated feature indices (default: all)")
+    dl_p.add_argument("--n-splits", type=int, default=5, help="files the latents are split into (delphi's default 5)")
+    dl_p.add_argument("--module", help="the module folder's name (default: the store's hook)")
+    for p in (np_p, dl_p):
+        p.add_argument("dictionary", help="a dictionary's name, <architecture>-<size> (models/sae/<name>)")
+        p.add_argument("--out", required=True, help="an empty or new directory to write into")
     args = parser.parse_args(argv)
 
     if args.command == "audit":
@@ -45,6 +62,25 @@ def main(argv: list[str] | None = None) -> int:
             print(diff_markdown(args.rev, show_all=args.all, targets=args.targets), end="")
         except ReviewError as e:
             print(f"monosemantic diff: error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "export":
+        from monosemantic.errors import UserError
+        from monosemantic.interpret.export import export_delphi, export_neuronpedia
+
+        try:
+            if args.format == "neuronpedia":
+                export_neuronpedia(".", args.dictionary, args.out, model_id=args.model_id, layer=args.layer,
+                                   all_features=args.all)
+            else:
+                try:
+                    latents = None if args.latents is None else [int(x) for x in args.latents.split(",") if x.strip()]
+                except ValueError:
+                    parser.error(f"--latents {args.latents!r}: give comma-separated feature indices, e.g. 0,5,17")
+                export_delphi(".", args.dictionary, args.out, split=args.split, max_tokens=args.max_tokens,
+                              latents=latents, n_splits=args.n_splits, module=args.module)
+        except UserError as e:
+            print(f"monosemantic export: error: {e}", file=sys.stderr)
             return 2
         return 0
     return 2

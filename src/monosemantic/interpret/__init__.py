@@ -8,6 +8,7 @@ logits      logit effects of a unit's output direction
 proxies     hypothesis detectors (regex or callable) and their token labels
 scoring     correlations, a judge's detection and fuzzing scores, summaries, the bootstrap comparison
 dictionary  all of it for one dictionary and its subject model's neurons
+export      its features as Neuronpedia feature JSON and as EleutherAI delphi's latent cache
 """
 
 from monosemantic.interpret.baseline import Baseline, Explanation
