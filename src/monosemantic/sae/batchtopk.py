@@ -22,6 +22,8 @@ Differences from the paper:
 - Loss normalisation, initialisation (b_dec at the geometric median) and AuxK follow Gao et al.
   2024; the authors' code uses the plain MSE, a zero b_dec and AuxK on the plain residual MSE.
 - α's warm-up: as TopK's.
+- Learning rate: params.yaml's 0.01, for a run of thousands of steps (unit-norm decoder rows move by
+  about lr per step; README, "Dictionary architectures").
 """
 
 from __future__ import annotations

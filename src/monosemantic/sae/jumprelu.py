@@ -22,7 +22,9 @@ with features f = f'/s: f = JumpReLU_{θ/s}(x W_enc + b_enc/s), x̂ = f W_dec + 
 Differences from the paper (and Gemma Scope, which states the training details):
 - Sparsity-coefficient warm-up (paper: linear over the first 10,000 steps), learning-rate warm-up
   (Gemma Scope: cosine from 0.1η over 1,000 steps; ours linear from 0) and any decay are the shared
-  schedule's (sae.train), and so is the learning rate (paper: 7e-5 at batch 4096 for 8B tokens).
+  schedule's (sae.train). The learning rate is params.yaml's sae.jumprelu.lr, 0.01 (paper: 7e-5 at
+  batch 4096 for 8B tokens), and θ starts at 0.05 (paper: 0.001): in a run of thousands of steps,
+  log θ moves too little from 0.001 for the L0 penalty to bite (README, "Dictionary architectures").
 - s is estimated on the trainer's initial sample (up to 32,768 inputs), not the whole dataset.
 - `mse` in the Output is the mean over elements in x's units (the same measure for every
   architecture); the loss itself is the paper's.

@@ -25,6 +25,8 @@ Differences from the paper:
   reconstruct at unit norm; the authors found no clear benefit, and it is omitted.
 - AuxK is computed on this rank's share of the batch under data parallelism (theirs shards
   the latents instead).
+- Learning rate: params.yaml's 0.01, for a run of thousands of steps (unit-norm decoder rows move by
+  about lr per step; README, "Dictionary architectures").
 """
 
 from __future__ import annotations
