@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -60,9 +61,20 @@ def copy_project(dest: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def repo(tmp_path_factory):
-    path = copy_project(tmp_path_factory.mktemp("tiny"))
-    res = sh("dvc", "repro", cwd=path, timeout=1800)  # ~5 min on a quiet 2-core machine
-    (path / "repro.log").write_text(res.stdout + res.stderr)
+    """The tiny pipeline, run once per test session: under pytest-xdist the first worker to need it
+    builds it while the others wait on a lock, then all share it (tests clone it before changing it)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # every worker's base temp lies under the session's
+    path, done = shared / "tiny", shared / "tiny.done"
+    with FileLock(str(shared / "tiny.lock")):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            copy_project(path)
+            res = sh("dvc", "repro", cwd=path, timeout=1800)  # ~5 min on a quiet 2-core machine
+            (path / "repro.log").write_text(res.stdout + res.stderr)
+            done.touch()
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -573,12 +572,10 @@ def test_summary_of_the_workspace(tmp_path):
     assert list(read_frontier(list(ARCHS), root)) == list(ARCHS)
 
 
-def test_default_scale_builds_fast_and_small(tmp_path):
+def test_default_scale_builds_small(tmp_path):
     """4096 features + 512 neurons, 712 interpreted units × 76 examples of 29 tokens: one dictionary of the default run."""
     root = make_workspace(tmp_path, archs=("standard",), sizes=(4096,), interpreted=("standard-4096",), n_neurons=512,
                           n_features=200, shape=DEFAULT)
-    start = time.perf_counter()
-    stats = build(root, archs=("standard",), sizes=(4096,))
+    stats = build(root, archs=("standard",), sizes=(4096,))  # its time is the report stage's, in the run's log
     assert stats["pages"] == 200 + 512 + 1  # and feature 0, which the builder always interprets
-    assert time.perf_counter() - start < 30, stats   # ~6 s here: the default dictionaries build in about a minute
     assert stats["bytes"] < 15e6, stats                # ~12 MB: the default dictionaries weigh a few tens of MB
