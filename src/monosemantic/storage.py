@@ -333,7 +333,7 @@ class RemoteLocation(Location):
         reason = scrub(" ".join(f"{type(e).__name__}: {e}".split()))[:400]
         hint = CREDENTIALS_HINT.get(self.scheme if self.scheme == "s3" else self.scheme[:2], "")
         if _denied(e):
-            fix = f"the credentials were refused: check {hint} in the environment, and that they may read and write this bucket"
+            fix = f"the credentials were refused: check {hint} in the environment, and the bucket's permissions"
         elif isinstance(e, FileNotFoundError) or "NoSuchBucket" in reason:
             fix = "check that the bucket exists and the URL is right (activations.store in params.yaml)"
         else:
