@@ -121,6 +121,20 @@ def test_an_s3_store_holds_the_bytes_of_a_local_one(s3, tmp_path):
     assert a.path == url and (a.acts[:] == b.acts[:]).all() and (a.group["tokens"][:] == b.group["tokens"][:]).all()
 
 
+def test_a_manifest_opens_its_store_and_refuses_one_rewritten_since(s3, tmp_path):
+    """data/activations.zarr holding a manifest: readers follow it to the URL, and a store another run
+    wrote there since (same URL, other bytes) is refused, not read."""
+    url, layout = f"{s3}/shared/acts.zarr", Layout(6, 2, 2)
+    stats = run(storage.location(url), token_rows(12, 6), np.arange(12), layout)
+    pointer = tmp_path / "data/activations.zarr"
+    pointer.mkdir(parents=True)
+    storage.write_manifest(pointer, storage.location(url), stats["manifest"])
+    assert open_store(pointer).path == url and open_store(pointer).acts.shape == (72, D)
+    run(storage.location(url), token_rows(12, 6, seed=1), np.arange(12), layout)
+    with pytest.raises(UserError, match=f"{url} is not the store .*manifest.json describes"):
+        open_store(pointer)
+
+
 def test_the_server_going_down_mid_cache_is_named_and_a_rerun_resumes(s3, tmp_path, monkeypatch):
     """A second server, on its own port, is stopped while shards are being written; the same data
     (moto keeps it in this process) comes back with it, and the re-run finishes the store."""
