@@ -1,4 +1,10 @@
-"""cache_activations: run the subject model over the tokens and store its hooked activations."""
+"""cache_activations: run the subject model over the tokens and store its hooked activations.
+
+The store goes where activations.store says: data/activations.zarr, or an object-store URL. DVC
+caches only what is in the workspace, so for a remote store data/activations.zarr holds its
+manifest (the URL and each file's md5) and provenance.json instead: that is what DVC tracks and
+what the stages after this one hash as their input.
+"""
 
 import os
 
@@ -14,15 +20,17 @@ from pathlib import Path  # noqa: E402
 import numpy as np
 import torch
 
+from monosemantic import storage
 from monosemantic.activations import Layout, cache_activations
 from monosemantic.errors import UserError
+from monosemantic.provenance import atomic_output, write_record
 from monosemantic.resources import check_memory
 from monosemantic.model import load_model, model_config
 from monosemantic.model.hooks import capture
 from monosemantic.tokens import read_tokens
 from stages._stage import run_stage
 
-OUT = Path("data/activations.zarr")
+OUT = Path(storage.LOCAL_STORE)  # the store, or a remote store's manifest
 
 
 def main() -> None:
@@ -55,11 +63,18 @@ def main() -> None:
             "provenance": s.record(hook=hook),
         }
         layout = Layout(store.ctx, p.chunk_seqs, p.shard_chunks, p.compressor, p.clevel)
-        stats = cache_activations(acts, store.tokens, rows, OUT, d, layout, p.batch_seqs, attrs,
+        target = storage.location(p.store)
+        stats = cache_activations(acts, store.tokens, rows, target, d, layout, p.batch_seqs, attrs,
                                   s.fingerprint(hook, compute.precision), compute=compute)
         if not compute.is_main:
             return
         stats.pop("complete")
+        manifest = stats.pop("manifest", None)
+        if target.remote:
+            with atomic_output(OUT) as tmp:
+                storage.write_manifest(tmp, target, manifest)
+                write_record(tmp, {**attrs["provenance"], "store": target.url})
+            print(f"cache_activations: {target.url} written; its manifest is {OUT / storage.MANIFEST}")
         s.metrics("metrics/activations.json", stats)
 
 

@@ -10,6 +10,9 @@ are taken from dvc.lock instead of re-reading gigabytes.
 The verdict is one of three: verified (every check made, none failed), unverifiable (none
 failed, but some could not be made, e.g. a dictionary copied out of its workspace), failed.
 Records are read by path, so a recorded input path that leaves the workspace is never read.
+An activation store kept in object storage is represented in the workspace by its manifest
+(data/activations.zarr/manifest.json, which DVC tracks): each file at the store's URL is checked
+against the md5 the manifest holds for it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from monosemantic import storage
 from monosemantic.errors import UserError
 from monosemantic.provenance import PROVENANCE_FILE, dir_hash, file_hashes, file_md5, hash_path, read_record, record_path
 from monosemantic.tracking import flatten
@@ -236,6 +240,7 @@ def _visit(ws: Workspace, rel: str, expected: str | None, child: str | None, rep
         return
     if actual is not None:
         _check_files(path, rel, record, actual, vouched, report)
+        _check_remote(path, rel, report)
     _check_sources(ws.root, rel, record, report)
     _check_params(ws, rel, record, report)
     for entry in record["inputs"].values():
@@ -303,6 +308,36 @@ def _check_files(path: Path, rel: str, record: dict, actual: str, vouched: bool,
             report.problems.append(Problem(rel, "changed", detail, recorded[name], found[name], name))
 
 
+def _check_remote(path: Path, rel: str, report: Report) -> None:
+    """A store in object storage: every file at its URL against the md5 its manifest holds, naming the
+    file that differs. An object whose ETag is that md5 (S3 computes it for a single-part upload) is
+    not downloaded; any other is read and hashed. A store that cannot be reached is unverifiable."""
+    manifest = storage.read_manifest(path) if path.is_dir() else None
+    if manifest is None:
+        return
+    store, recorded = storage.RemoteLocation(manifest["url"]), manifest["files"]
+    try:
+        found = store.files()
+        if not found:
+            report.problems.append(Problem(rel, "missing", f"its store {store.url} is empty or gone (rebuild it with "
+                                                           "dvc repro -f cache_activations)", None, None, store.url))
+            return
+        for key in sorted(recorded.keys() | found.keys()):
+            where = store.display(key)
+            if key not in found:
+                report.problems.append(Problem(rel, "missing", f"{where} is in its manifest but not in the store",
+                                               recorded[key]["md5"], None, key))
+            elif key not in recorded:
+                report.problems.append(Problem(rel, "unrecorded file", f"{where} is in the store but not in its "
+                                               "manifest (added after the stage wrote it)", None, None, key))
+            elif (md5 := store.md5_of(key, recorded[key]["md5"])) != recorded[key]["md5"]:
+                report.problems.append(Problem(rel, "changed", f"{where} differs from the md5 its manifest holds",
+                                               recorded[key]["md5"], md5, key))
+    except storage.StorageError as e:
+        report.unchecked.append(Gap(rel, f"its store could not be read: {e}",
+                                    "make the store reachable (its credentials and endpoint in the environment)"))
+
+
 def _implied_hash(path: Path, recorded: dict[str, str]) -> str | None:
     """The artifact's content hash as its record implies it: a file's md5, or DVC's hash of a directory."""
     if path.is_file():
@@ -359,6 +394,7 @@ def _audit_detached(target: Path, record: dict, report: Report) -> Report:
         report.problems.append(Problem(key, "unreadable", "its files cannot be read (permissions?)"))
     else:
         _check_files(target, key, record, actual, False, report)
+        _check_remote(target, key, report)
     _check_sources(None, key, record, report)
     for entry in record["inputs"].values():
         report.artifacts.setdefault(entry["path"], Artifact(entry["path"], entry["md5"], None))
@@ -396,6 +432,8 @@ def render(report: Report) -> str:
                 lines.append(f"{body}params {section}: {json.dumps(values, sort_keys=True)[:160]}")
             for src in rec.get("sources", []):
                 lines.append(f"{body}source {json.dumps(src, sort_keys=True)[:200]}")
+            if rec.get("store"):
+                lines.append(f"{body}store {rec['store']} (its files checked against {rel}/{storage.MANIFEST})")
         for child in art.inputs:
             walk(child, depth + 1, seen)
 

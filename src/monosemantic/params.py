@@ -16,7 +16,9 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from monosemantic import storage
 from monosemantic.errors import UserError
 
 
@@ -176,6 +178,9 @@ class ModelParams(_Section):
 
 # ---------------------------------------------------------------- activations
 class ActivationsParams(_Section):
+    store: str = Field("data/activations.zarr", description="where the store lives: data/activations.zarr (DVC "
+                       "caches it) or an object-store URL, s3://bucket/prefix/activations.zarr (then "
+                       "data/activations.zarr holds its manifest); credentials come from the environment")
     max_train_tokens: int = Field(gt=0)
     max_eval_tokens: int = Field(gt=0)
     batch_seqs: int = Field(64, gt=0, description="sequences per forward pass")
@@ -183,6 +188,14 @@ class ActivationsParams(_Section):
     shard_chunks: int = Field(16, gt=0, description="chunks per shard file")
     compressor: Literal["lz4", "zstd", "none"] = "lz4"
     clevel: int = Field(5, ge=0, le=9)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        try:
+            return storage.check(value)
+        except storage.SecretInURL as e:  # the message must not repeat the value
+            raise PydanticCustomError("secret_in_value", str(e)) from None
 
 
 # ---------------------------------------------------------------- sparse autoencoders
@@ -569,6 +582,8 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{path}: unknown key (a typo?); allowed keys here: {allowed}"
     if err["type"] == "missing":
         return f"{path}: required key is missing"
+    if err["type"] == "secret_in_value":
+        return f"{path}: {err['msg']}"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "value_error" and isinstance(err.get("input"), dict):  # a check across a section's keys
         return msg if path and msg.startswith(path) else f"{path or 'params'}: {msg}"

@@ -7,6 +7,11 @@ Written shard by shard while the model computes the next one, by one process or 
 of a data-parallel run (each its own shards); a run killed midway resumes from ``<store>.partial``,
 rewriting only the shards not finished, and ends with the same bytes.
 
+The store is a local directory or an object-store prefix (``s3://…``): both go through
+`monosemantic.storage.Location`, one code path for writing, resuming and reading. A remote store
+is described in the workspace by its manifest (each file's md5 and size, gathered as the shards are
+written), which DVC tracks in its place.
+
 zarr-python creates the store and reads it; shard files are encoded here, because on a
 2-core machine zarr-python's write path costs as much CPU as the forward pass it stores.
 The bytes are exactly those zarr-python writes (a test compares them).
@@ -14,9 +19,8 @@ The bytes are exactly those zarr-python writes (a test compares them).
 
 from __future__ import annotations
 
-import os
+import json
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -31,9 +35,10 @@ import zarr
 from tqdm import tqdm
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from monosemantic import storage
 from monosemantic.compute import Compute
 from monosemantic.errors import UserError
-from monosemantic.provenance import replace_path
+from monosemantic.storage import Location, LocalLocation
 
 
 @dataclass(frozen=True)
@@ -99,19 +104,30 @@ def encode_shard(data: np.ndarray, layout: Layout) -> list:
     return parts + [index_bytes, _crc(index_bytes)]
 
 
-def write_shard(root: Path, name: str, k: int, data: np.ndarray, layout: Layout) -> None:
-    """Write shard `k` of array `name` where zarr's default chunk-key encoding expects it; atomically,
-    so a shard file under its final name is always whole."""
-    path = root.joinpath(name, "c", str(k), *(["0"] * (data.ndim - 1)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.writelines(encode_shard(data, layout))
-    os.replace(tmp, path)
+def shard_key(name: str, k: int, ndim: int) -> str:
+    """Where zarr's default chunk-key encoding puts shard `k` of array `name`."""
+    return "/".join([name, "c", str(k), *(["0"] * (ndim - 1))])
 
 
-def _create(path: Path, n_tokens: int, d: int, layout: Layout, attrs: dict) -> zarr.Group:
-    group = zarr.open_group(path, mode="w")
+def write_shard(root: Location, name: str, k: int, data: np.ndarray, layout: Layout,
+                hashed: bool = False) -> tuple[str, dict] | None:
+    """Write shard `k` of array `name`; atomically, so a shard file under its final name is always whole.
+    With `hashed`, return its key and {md5, size} for the manifest."""
+    key, parts = shard_key(name, k, data.ndim), encode_shard(data, layout)
+    root.write(key, parts)
+    if hashed:
+        return key, {"md5": storage.md5(parts), "size": sum(len(p) for p in parts)}
+    return None
+
+
+def _loc(where: Location | str | Path) -> Location:
+    if isinstance(where, Location):
+        return where
+    return LocalLocation(where) if isinstance(where, Path) else storage.location(where)
+
+
+def _create(where: Location | Path, n_tokens: int, d: int, layout: Layout, attrs: dict) -> zarr.Group:
+    group = zarr.open_group(_loc(where).zarr_store(read_only=False), mode="w")
     for name, dtype, width in (("acts", "float16", d), ("tokens", "int32", None),
                                ("seq", "int32", None), ("pos", "int32", None)):
         shape = (n_tokens, width) if width else (n_tokens,)
@@ -126,43 +142,61 @@ def _create(path: Path, n_tokens: int, d: int, layout: Layout, attrs: dict) -> z
 
 
 class _Progress:
-    """Which shards are on disk, beside the store being written (``<store>.progress/<k>``).
+    """Which shards are written, beside the store being written (``<store>.progress/<k>``).
 
     A shard counts once its four arrays' files are written; its file then holds the sum of its
-    activations' norms, so a resumed run's mean norm is the uninterrupted run's to the last digit.
-    Ranks write disjoint shards, so each shard's record has one writer.
+    activations' norms, so a resumed run's mean norm is the uninterrupted run's to the last digit,
+    and for a remote store the md5 and size of its files, for the manifest. Ranks write disjoint
+    shards, so each shard's record has one writer.
     """
 
-    def __init__(self, out: Path):
-        self.dir = out.with_name(out.name + ".progress")
+    def __init__(self, out: Location | Path):
+        self.loc = _loc(out).sibling(".progress")
+
+    def records(self) -> dict[int, dict]:
+        found = {}
+        for key in self.loc.files():
+            if key.isdigit():
+                text = self.loc.read(key).decode()
+                found[int(key)] = json.loads(text) if text.startswith("{") else {"norm_sum": float(text)}
+        return found
 
     def done(self) -> dict[int, float]:
-        if not self.dir.is_dir():
-            return {}
-        return {int(p.name): float(p.read_text()) for p in self.dir.iterdir() if p.name.isdigit()}
+        return {k: r["norm_sum"] for k, r in self.records().items()}
 
-    def add(self, k: int, norm_sum: float) -> None:
-        tmp = self.dir / f"{k}.tmp"
-        tmp.write_text(repr(norm_sum))
-        os.replace(tmp, self.dir / str(k))
+    def add(self, k: int, norm_sum: float, files: dict | None = None) -> None:
+        text = repr(norm_sum) if files is None else json.dumps({"norm_sum": norm_sum, "files": files})
+        self.loc.write(str(k), [text.encode()])
 
-    def reset(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True)
+    def reset(self, fingerprint: str | None = None) -> None:
+        self.loc.remove()
+        if isinstance(self.loc, LocalLocation):
+            self.loc.path.mkdir(parents=True)
+        if fingerprint is not None:
+            self.loc.write("fingerprint", [fingerprint.encode()])
+
+    def fingerprint(self) -> str | None:
+        return self.loc.read("fingerprint").decode() if self.loc.exists("fingerprint") else None
+
+    def remove(self) -> None:
+        self.loc.remove()
 
 
-def _resumable(partial: Path, fingerprint: str) -> bool:
-    """Whether `partial` was begun by a run with the same inputs (so its finished shards stand)."""
-    if not (partial / "zarr.json").exists():
+def _resumable(partial: Location, progress: _Progress, fingerprint: str) -> bool:
+    """Whether `partial` was begun by a run with the same inputs (so its finished shards stand). A
+    finished one whose move to an object store was cut short has lost its own fingerprint: the
+    progress records keep it."""
+    if not partial.exists("zarr.json"):
         return False
-    return dict(zarr.open_group(partial, mode="r").attrs).get("fingerprint") == fingerprint
+    attrs = json.loads(partial.read("zarr.json")).get("attributes", {})
+    return attrs.get("fingerprint", progress.fingerprint()) == fingerprint
 
 
 def cache_activations(
     acts_fn: Callable[[torch.Tensor], torch.Tensor],
     token_rows: zarr.Array | np.ndarray,
     rows: np.ndarray,
-    out: Path,
+    out: Location | Path,
     d: int,
     layout: Layout,
     batch_seqs: int,
@@ -176,20 +210,25 @@ def cache_activations(
     `acts_fn` maps int64 tokens ``[b, ctx]`` to activations ``[b, ctx, d]``. Returns stats (on rank
     0; other ranks get ``{"complete": None}``). Under data parallelism rank r writes shards
     k ≡ r (mod world size), the same bytes one process would, and rank 0 finalises the store.
-    `stop_after_shards` ends this process's run early, as a kill would (for tests and benchmarks).
+    `out` is a local path or a `Location` (a remote store: the stats then carry its ``manifest``,
+    each file's md5 and size). `stop_after_shards` ends this process's run early, as a kill would
+    (for tests and benchmarks).
     """
     n_seq = len(rows)
     if n_seq == 0:
         raise UserError("no sequences to cache: raise activations.max_train_tokens / max_eval_tokens")
     n_tokens, n_shards = n_seq * layout.ctx, -(-n_seq // layout.shard_seqs)
-    partial, progress = out.with_name(out.name + ".partial"), _Progress(out)
+    out = _loc(out)
+    partial, progress, hashed = out.sibling(".partial"), _Progress(out), out.remote
     if compute.is_main:
-        if _resumable(partial, fingerprint) and progress.done():
-            print(f"resuming activation cache from {partial}: {len(progress.done())}/{n_shards} shards on disk")
+        if _resumable(partial, progress, fingerprint) and progress.done():
+            print(f"resuming activation cache from {partial.url}: {len(progress.done())}/{n_shards} shards written")
         else:
-            shutil.rmtree(partial, ignore_errors=True)
-            progress.reset()
+            partial.remove()
+            progress.reset(fingerprint)
             _create(partial, n_tokens, d, layout, {**attrs, "fingerprint": fingerprint})
+        if out.remote:
+            print(f"writing the activation store to {out.url} (via {partial.url})")
     compute.barrier()  # the store exists before any rank writes into it
     done_before = progress.done()
     todo = [k for k in range(compute.rank, n_shards, compute.world_size) if k not in done_before]
@@ -201,14 +240,18 @@ def cache_activations(
 
     def writer():
         while (item := pending.get()) is not None:
+            if failure:  # keep taking items, so that the main thread never blocks on a full queue
+                continue
             k, arrays, norm_sum = item
             try:
+                files = {}
                 for name, data in arrays.items():
-                    write_shard(partial, name, k, data, layout)
-                progress.add(k, norm_sum)  # only after the whole shard is on disk
+                    entry = write_shard(partial, name, k, data, layout, hashed)
+                    if entry is not None:
+                        files[entry[0]] = entry[1]
+                progress.add(k, norm_sum, files if hashed else None)  # only after the whole shard is written
             except BaseException as e:  # surfaced in the main thread
                 failure.append(e)
-                return
 
     thread = threading.Thread(target=writer, daemon=True)
     thread.start()
@@ -253,26 +296,43 @@ def cache_activations(
     if len(done) < n_shards:
         return {"complete": False, "shards_done": len(done)}
 
-    group = zarr.open_group(partial, mode="r+")
-    del group.attrs["fingerprint"]
+    group = zarr.open_group(partial.zarr_store(read_only=False), mode="r+")
+    if "fingerprint" in group.attrs:  # gone already if a move to an object store was cut short
+        del group.attrs["fingerprint"]
     raw = n_tokens * d * 2
-    on_disk = sum(f.stat().st_size for f in (partial / "acts").rglob("*") if f.is_file())
+    sizes = partial.files()
     written = len(done) - len(done_before)
     stats = {
         "complete": True,
         "tokens": n_tokens,
         "d": d,
-        "bytes_on_disk": sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()),
+        "bytes_on_disk": sum(sizes.values()),
         "acts_bytes_raw": raw,
-        "compression_ratio": raw / on_disk,
-        "files": sum(1 for f in partial.rglob("*") if f.is_file()),
+        "compression_ratio": raw / sum(n for key, n in sizes.items() if key.startswith("acts/")),
+        "files": len(sizes),
         "seconds": elapsed,
         "tokens_per_second": written * layout.shard_tokens / elapsed if written else None,
         "mean_norm": sum(done[k] for k in range(n_shards)) / n_tokens,  # summed in shard order
     }
-    replace_path(partial, out)
-    shutil.rmtree(progress.dir)
+    if hashed:
+        stats["manifest"] = _manifest(partial, progress, sizes)
+    partial.replace(out)
+    progress.remove()
     return stats
+
+
+def _manifest(partial: Location, progress: _Progress, sizes: dict[str, int]) -> dict[str, dict]:
+    """Every file of the finished store: md5 and size, the shards' as their writers recorded them."""
+    files = {key: info for record in progress.records().values() for key, info in record["files"].items()}
+    for key in sizes:
+        if key not in files:  # the zarr.json metadata: small, read back
+            data = partial.read(key)
+            files[key] = {"md5": storage.md5(data), "size": len(data)}
+    missing = sorted(set(files) - set(sizes))
+    if missing:
+        raise StoreError(f"{partial.url}: shard files {missing[:5]} were recorded as written but are not there; "
+                         "re-run cache_activations (it rewrites the shards not finished)")
+    return {key: files[key] for key in sorted(sizes)}
 
 
 def _wait_for(progress: _Progress, n_shards: int, all_ranks: bool, stall_s: float = 600.0,
@@ -312,28 +372,36 @@ def _take(token_rows: zarr.Array | np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 class StoreError(UserError):
-    """The activation store on disk is not what cache_activations wrote."""
+    """The activation store is not what cache_activations wrote."""
 
 
-def _fix(path: Path) -> str:
-    return (f"restore it with `dvc checkout {path}`, or rebuild it with `dvc repro -f cache_activations`")
+def _fix(path: str | Path) -> str:
+    if storage.is_url(str(path)):
+        return ("rebuild it with `dvc repro -f cache_activations` (a remote store is not in DVC's cache; "
+                "`monosemantic audit` names the files that changed)")
+    return f"restore it with `dvc checkout {path}`, or rebuild it with `dvc repro -f cache_activations`"
 
 
 class VerifiedArray:
     """A store array whose every read is checked: a chunk failing its crc32c, or a non-finite
     activation, stops the reader with the shard file and the fix instead of training on it."""
 
-    def __init__(self, array: zarr.Array, path: Path, name: str):
-        self.array, self.path, self.name = array, path, name
+    def __init__(self, array: zarr.Array, path: Location | Path, name: str):
+        self.array, self.location, self.name = array, _loc(path), name
+        self.path = self.location.url  # a local path or a URL, for messages
         self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
         self.shard_rows = (array.shards or array.chunks)[0]
 
-    def shard_file(self, row: int) -> Path:
-        return self.path.joinpath(self.name, "c", str(row // self.shard_rows), *(["0"] * (len(self.shape) - 1)))
+    def shard_key(self, row: int) -> str:
+        return shard_key(self.name, row // self.shard_rows, len(self.shape))
+
+    def shard_file(self, row: int) -> str:
+        return self.location.display(self.shard_key(row))
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         try:
-            data = self.array[rows]
+            with self.location.errors(f"reading rows {rows.start}:{rows.stop} of", self.name):
+                data = self.array[rows]
         except (ValueError, RuntimeError) as e:  # crc32c mismatch, or a codec that cannot decode
             reason = "fails its checksum" if "checksum" in str(e) else f"cannot be decoded ({e})"
             raise StoreError(f"{self.path}: a chunk in rows {rows.start}:{rows.stop} {reason} (shard file "
@@ -352,11 +420,12 @@ class VerifiedArray:
 @dataclass(frozen=True)
 class ActivationStore:
     group: zarr.Group
-    path: Path
+    path: str | Path  # the local store, or the URL of a remote one
+    location: Location | None = None
 
     @property
     def acts(self) -> VerifiedArray:
-        return VerifiedArray(self.group["acts"], self.path, "acts")
+        return VerifiedArray(self.group["acts"], self.location or self.path, "acts")
 
     @property
     def splits(self) -> dict[str, tuple[int, int]]:
@@ -364,18 +433,45 @@ class ActivationStore:
 
 
 def open_store(path: str | Path) -> ActivationStore:
-    """Open a finished store, checking that no shard file is missing (zarr would read zeros)."""
-    path = Path(path)
-    if not (path / "zarr.json").exists():
-        raise UserError(f"{path} is not an activation store: run the cache_activations stage first")
-    group = zarr.open_group(path, mode="r")
-    if "fingerprint" in group.attrs:
-        raise StoreError(f"{path} is an unfinished store (a killed cache_activations run?); {_fix(path)}")
-    for name in ("acts", "tokens", "seq", "pos"):
-        if name not in group:
-            raise StoreError(f"{path} has no {name!r} array; {_fix(path)}")
-        array = VerifiedArray(group[name], path, name)
-        for row in range(0, array.shape[0], array.shard_rows):
-            if not array.shard_file(row).is_file():
-                raise StoreError(f"{path}: shard file {array.shard_file(row)} is missing; {_fix(path)}")
-    return ActivationStore(group, path)
+    """Open a finished store, checking that no shard file is missing (zarr would read zeros).
+
+    `path` is a local store, a store URL, or a workspace path holding a remote store's manifest
+    (data/activations.zarr when activations.store is a URL): then the store found at the URL must
+    be the one the manifest describes (same files, sizes and metadata), else an error says so.
+    """
+    loc, manifest = storage.resolve(path)
+    shown = loc.url if loc.remote else Path(path)
+    if not loc.exists("zarr.json"):
+        if manifest is not None:
+            raise StoreError(f"{loc.url} (named by {Path(path) / storage.MANIFEST}) holds no activation store: "
+                             f"was it deleted, or is the cache being rewritten? {_fix(loc.url)}")
+        raise UserError(f"{shown} is not an activation store: run the cache_activations stage first")
+    with loc.errors("opening"):
+        group = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+        if "fingerprint" in group.attrs:
+            raise StoreError(f"{shown} is an unfinished store (a killed cache_activations run?); {_fix(shown)}")
+        present = loc.files() if loc.remote else None  # one listing, not a request per shard
+        for name in ("acts", "tokens", "seq", "pos"):
+            if name not in group:
+                raise StoreError(f"{shown} has no {name!r} array; {_fix(shown)}")
+            array = VerifiedArray(group[name], loc, name)
+            for row in range(0, array.shape[0], array.shard_rows):
+                key = array.shard_key(row)
+                if not (key in present if present is not None else loc.exists(key)):
+                    raise StoreError(f"{shown}: shard file {array.shard_file(row)} is missing; {_fix(shown)}")
+        if manifest is not None:
+            _match_manifest(loc, manifest, present, Path(path) / storage.MANIFEST)
+    return ActivationStore(group, shown, loc)
+
+
+def _match_manifest(loc: Location, manifest: dict, present: dict[str, int], where: Path) -> None:
+    """The remote store is the one the workspace's manifest describes: the same files, of the same
+    sizes, and the same root metadata (its provenance names the run that wrote it). Cheap: one
+    listing and one small read; `monosemantic audit` checks every byte."""
+    files = manifest["files"]
+    odd = sorted(k for k in files.keys() | present.keys() if files.get(k, {}).get("size") != present.get(k))
+    root = files.get("zarr.json", {}).get("md5")
+    if odd or root != storage.md5(loc.read("zarr.json")):
+        detail = f"files {odd[:5]} differ in size or presence" if odd else "its zarr.json differs"
+        raise StoreError(f"{loc.url} is not the store {where} describes ({detail}): another run rewrote it, or "
+                         f"it was changed; {_fix(loc.url)}")
