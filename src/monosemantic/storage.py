@@ -227,7 +227,7 @@ class RemoteLocation(Location):
             __import__(package)
         except ImportError:
             raise StorageError(f"{self.url}: reading {self.scheme}:// needs the {package} package "
-                               f"(pip install {package})") from None
+                               f"(pip install {package}, or the project's s3 extra: pip install -e '.[s3]')") from None
         # A fresh synchronous client per Location (credentials are read when it is made; fsspec closes
         # it when dropped); zarr's asynchronous one is fsspec's cached instance, which lives as long as
         # the process (one made per open and then dropped would leave its session unclosed).
