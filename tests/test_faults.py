@@ -178,7 +178,7 @@ def test_sigterm_ends_the_run_killed(repo, tmp_path):
     work = clone_repo(repo, tmp_path / "r")
     proc = _training_with_its_run_open(work)
     proc.terminate()
-    proc.wait(timeout=60)
+    proc.wait(timeout=240)  # a bound on a hang: on two loaded cores (two test workers) exiting once took > 60 s
     assert proc.returncode == 130 and "RUNNING" not in _runs(work)["train_sae@standard-128"]
     assert "KILLED" in _runs(work)["train_sae@standard-128"]
 
