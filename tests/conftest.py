@@ -87,3 +87,27 @@ def set_params(path: Path, mutate) -> None:
     raw = yaml.safe_load((path / "params.yaml").read_text())
     mutate(raw)
     (path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+# ---------------------------------------------------------------- servers on 127.0.0.1 (tests/servers.py)
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3, for this test session (each xdist worker has its own); its endpoint URL."""
+    from tests.servers import free_port, start_moto
+
+    port = free_port()
+    server = start_moto(port)
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, tmp_path, monkeypatch) -> str:
+    """This process talks to the session's server; returns a new, empty bucket's URL prefix."""
+    from tests.servers import new_bucket, s3_env
+
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_env(s3_server, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    return new_bucket()

@@ -8,15 +8,11 @@ cache_activations and train_sae against a bucket and compare with the local run 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.request
 import uuid
@@ -31,72 +27,8 @@ from monosemantic.activations import Layout, cache_activations, open_store
 from monosemantic.errors import UserError
 from monosemantic.provenance import hash_path
 from tests.conftest import ENV, clone_repo, set_params, sh
+from tests.servers import SECRET, free_port, new_bucket, s3_env, start_moto
 from tests.test_activations import D, fake_acts, token_rows
-
-SECRET = "moto-secret-" + secrets.token_hex(12)  # made at run time: it must appear in no output or file
-START_TIMEOUT_S = 30
-
-
-# ---------------------------------------------------------------- the server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(port: int):
-    """moto's S3 (and IAM) in a thread of this process, answering on 127.0.0.1:`port` within the timeout."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    starting = threading.Thread(target=server.start, daemon=True)  # its own wait for readiness has no limit
-    starting.start()
-    starting.join(START_TIMEOUT_S)
-    if starting.is_alive():
-        raise RuntimeError(f"moto server on 127.0.0.1:{port} did not start within {START_TIMEOUT_S} s")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/data.json", timeout=2).read()
-            return server
-        except OSError:
-            if time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"moto server on 127.0.0.1:{port} did not answer within {START_TIMEOUT_S} s")
-            time.sleep(0.1)
-
-
-@pytest.fixture(scope="session")
-def s3_server():
-    port = _free_port()
-    server = _start_server(port)
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def _env(endpoint: str, tmp: Path, secret: str = SECRET) -> dict[str, str]:
-    """Credentials and endpoint as a user sets them: in the environment. No ~/.aws, no instance metadata."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIATESTKEY", "AWS_SECRET_ACCESS_KEY": secret,
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-            "AWS_CONFIG_FILE": str(tmp / "no-aws-config"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp / "no-aws-creds")}
-
-
-@pytest.fixture
-def s3(s3_server, tmp_path, monkeypatch) -> str:
-    """This process talks to the session's server; returns a new, empty bucket's URL prefix."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in _env(s3_server, tmp_path).items():
-        monkeypatch.setenv(name, value)
-    return _bucket()
-
-
-def _bucket() -> str:
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    storage.RemoteLocation(f"s3://{name}/x").fs.mkdir(name)
-    return f"s3://{name}"
-
 
 def _files(loc: storage.Location) -> dict[str, bytes]:
     return {key: loc.read(key) for key in sorted(loc.files())}
@@ -138,8 +70,8 @@ def test_a_manifest_opens_its_store_and_refuses_one_rewritten_since(s3, tmp_path
 def test_the_server_going_down_mid_cache_is_named_and_a_rerun_resumes(s3, tmp_path, monkeypatch):
     """A second server, on its own port, is stopped while shards are being written; the same data
     (moto keeps it in this process) comes back with it, and the re-run finishes the store."""
-    port = _free_port()
-    server = _start_server(port)
+    port = free_port()
+    server = start_moto(port)
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     tokens, rows, layout = token_rows(40, 6), np.arange(40), Layout(6, 2, 2)
     url, stopped = f"{s3}/down/acts.zarr", []
@@ -163,7 +95,7 @@ def test_the_server_going_down_mid_cache_is_named_and_a_rerun_resumes(s3, tmp_pa
     assert f"{url}.p" in message and f"127.0.0.1:{port}" in message and "re-run resumes" in message, message
     assert SECRET not in message and "Traceback" not in message
 
-    server = _start_server(port)  # the same port, the same data
+    server = start_moto(port)  # the same port, the same data
     try:
         assert 2 <= len(progress.files()) < 10  # of 10 shards
         run(storage.location(url), tokens, rows, layout)
@@ -255,13 +187,13 @@ def test_store_urls_are_checked_and_never_repeated_with_credentials(tmp_path):
 def s3_run(repo, s3_server, tmp_path_factory):
     """The tiny pipeline's activations cached to a bucket, and one dictionary trained from them."""
     work = clone_repo(repo, tmp_path_factory.mktemp("s3") / "r")
-    env = {**ENV, **_env(s3_server, work)}
+    env = {**ENV, **s3_env(s3_server, work)}
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
         env.pop(name, None)
     saved = {k: os.environ.get(k) for k in env if k.startswith("AWS_")}
     os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})  # for this process's reads
     try:
-        url = f"{_bucket()}/tiny/activations.zarr"
+        url = f"{new_bucket()}/tiny/activations.zarr"
         set_params(work, lambda r: r["activations"].update(store=url))
         res = subprocess.run(["dvc", "repro", "train_sae@standard-128"], cwd=work, env=env, capture_output=True,
                              text=True, timeout=1200)
