@@ -1,4 +1,7 @@
 import itertools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -23,9 +26,10 @@ def ids(batch):
 
 
 @given(n=st.integers(40, 300), chunk=st.integers(1, 32), start=st.integers(0, 30),
-       batch=st.integers(1, 40), window=st.integers(1, 6), seed=st.integers(0, 5))
+       batch=st.integers(1, 40), window=st.integers(1, 6), seed=st.integers(0, 5), reads=st.sampled_from([1, 3, 8]))
 @settings(max_examples=40, deadline=None)
-def test_an_epoch_covers_each_row_once_and_restarts_exactly(tmp_path_factory, n, chunk, start, batch, window, seed):
+def test_an_epoch_covers_each_row_once_and_restarts_exactly(tmp_path_factory, n, chunk, start, batch, window, seed,
+                                                             reads):
     arr = store(tmp_path_factory.mktemp("r"), n, chunk)
     stop = n - 3
     rows = stop - start
@@ -33,13 +37,13 @@ def test_an_epoch_covers_each_row_once_and_restarts_exactly(tmp_path_factory, n,
         with pytest.raises(ValueError):
             ShuffledReader(arr, start, stop, batch, seed, window)
         return
-    reader = ShuffledReader(arr, start, stop, batch, seed, window)
+    reader = ShuffledReader(arr, start, stop, batch, seed, window, reads=reads)
     n_batches = 2 * rows // batch + 1  # more than an epoch, across an epoch boundary
     got = [ids(b) for b in itertools.islice(iter(reader), n_batches)]
     stream = np.concatenate(got)
     assert sorted(stream[:rows]) == list(range(start, stop))  # the first epoch: each row once
-    for k in (0, 1, n_batches // 2):  # a reader restarted at batch k continues identically
-        again = ShuffledReader(arr, start, stop, batch, seed, window, position=k * batch)
+    for k in (0, 1, n_batches // 2):  # a reader restarted at batch k continues identically, however it reads
+        again = ShuffledReader(arr, start, stop, batch, seed, window, position=k * batch, reads=1)
         tail = [ids(b) for b in itertools.islice(iter(again), n_batches - k)]
         assert all((x == y).all() for x, y in zip(tail, got[k:]))
 
@@ -58,8 +62,32 @@ def test_batches_mix_contexts_and_depend_on_the_seed(tmp_path):
 def test_memory_is_bounded_by_the_window(tmp_path):
     arr = store(tmp_path, 4000, chunk=10)
     reader = ShuffledReader(arr, 0, 4000, 50, seed=0, window_chunks=4)
-    blocks = list(itertools.islice(reader._stream(), 20))
+    with ThreadPoolExecutor(2) as pool:
+        blocks = list(itertools.islice(reader._stream(pool), 20))
     assert max(len(b) for b in blocks) == 40  # 4 chunks of 10 rows at a time
+
+
+def test_a_window_s_chunks_are_read_concurrently(tmp_path):
+    """Against a store where each read waits (a remote one's round trip), the reader keeps `reads`
+    requests in flight: one at a time, a window of 8 chunks would take 8 round trips."""
+    arr = store(tmp_path, 800, chunk=10)
+
+    class Slow:
+        chunks, shape, in_flight, most = arr.chunks, arr.shape, 0, 0
+        lock = threading.Lock()
+
+        def __getitem__(self, rows):
+            with self.lock:
+                Slow.in_flight += 1
+                Slow.most = max(Slow.most, Slow.in_flight)
+            time.sleep(0.05)
+            with self.lock:
+                Slow.in_flight -= 1
+            return arr[rows]
+
+    batch = next(iter(ShuffledReader(Slow(), 0, 800, 80, seed=0, window_chunks=8, reads=4)))
+    assert Slow.most == 4
+    assert sorted(ids(batch)) == sorted(ids(next(iter(ShuffledReader(arr, 0, 800, 80, seed=0, window_chunks=8)))))
 
 
 @given(start=st.integers(0, 50), length=st.integers(1, 200), n=st.integers(1, 300), chunk=st.integers(1, 40))

@@ -3,7 +3,9 @@
 Per epoch the store's chunks (whole sequences) are visited in a seeded random order, in
 windows of ``window_chunks`` chunks; each window's rows are shuffled together, so a batch mixes
 tokens from hundreds of contexts rather than arriving in context order. A background thread
-reads the next window while the current one is consumed. The position is the number of rows
+reads the next window while the current one is consumed, its chunks by ``reads`` concurrent
+requests: from object storage a chunk is a round trip, and one at a time would leave the
+trainer waiting on latency rather than bandwidth. The position is the number of rows
 handed out; every window's order is a function of (seed, epoch, window), so a reader built
 with the same arguments and `start` continues exactly where a previous one stopped. Under
 data parallelism every rank walks the same global batches: reading all of each and keeping its
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -27,8 +30,8 @@ class ShuffledReader:
 
     def __init__(self, acts: VerifiedArray, start_row: int, stop_row: int, batch_size: int, seed: int,
                  window_chunks: int = 64, position: int = 0, part: slice = slice(None),
-                 lane: tuple[int, int] = (0, 1)):
-        self.acts, self.batch_size, self.seed = acts, batch_size, seed
+                 lane: tuple[int, int] = (0, 1), reads: int = 8):
+        self.acts, self.batch_size, self.seed, self.reads = acts, batch_size, seed, reads
         step = acts.chunks[0]
         # Chunk-aligned pieces of [start_row, stop_row): whole chunks are the unit of reading.
         edges = sorted({start_row, stop_row, *range(-(-start_row // step) * step, stop_row, step)})
@@ -46,11 +49,11 @@ class ShuffledReader:
         pieces = [self.pieces[i] for i in order]
         return [pieces[i : i + self.window_chunks] for i in range(0, len(pieces), self.window_chunks)]
 
-    def _window_rows(self, epoch: int, w: int, window: list[tuple[int, int]]) -> np.ndarray:
-        rows = np.concatenate([self.acts[a:b] for a, b in window])
+    def _window_rows(self, epoch: int, w: int, window: list[tuple[int, int]], pool: Executor) -> np.ndarray:
+        rows = np.concatenate(list(pool.map(lambda piece: self.acts[piece[0]:piece[1]], window)))
         return rows[np.random.default_rng([self.seed, epoch, w, *self.key]).permutation(len(rows))]
 
-    def _stream(self) -> Iterator[np.ndarray]:
+    def _stream(self, pool: Executor) -> Iterator[np.ndarray]:
         """Row blocks from the current position on, forever (epoch after epoch)."""
         epoch, skip = divmod(self.position, self.rows_per_epoch)
         while True:
@@ -59,7 +62,7 @@ class ShuffledReader:
                 if skip >= n:
                     skip -= n
                     continue
-                yield self._window_rows(epoch, w, window)[skip:]
+                yield self._window_rows(epoch, w, window, pool)[skip:]
                 skip = 0
             epoch += 1
 
@@ -78,9 +81,10 @@ class ShuffledReader:
 
         def prefetch():
             try:
-                for block in self._stream():
-                    if not put(block):
-                        return
+                with ThreadPoolExecutor(self.reads, thread_name_prefix="chunk-read") as pool:
+                    for block in self._stream(pool):
+                        if not put(block):
+                            return
             except BaseException as e:  # a bad chunk: handed to the consumer, never swallowed
                 put(e)
 
