@@ -63,7 +63,7 @@ def test_zarr_token_source_and_file_count(tmp_path):
     layout = Layout(8, chunk_seqs=4, shard_chunks=5)
     stats = run(tmp_path / "a.zarr", src, np.arange(300), layout)
     n_shards = -(-300 // layout.shard_seqs)
-    assert stats["files"] == 4 * n_shards + 5  # one file per shard per array + zarr.json files
+    assert stats["files"] == 5 * n_shards + 6  # one file per shard per array + zarr.json files
     assert (open_store(tmp_path / "a.zarr").group["tokens"][:] == tokens.ravel()).all()
 
 
@@ -200,6 +200,6 @@ def test_rank_0_waiting_for_shards_that_never_come_ends_in_an_error(tmp_path):
 
     progress = _Progress(tmp_path / "a.zarr")
     progress.reset()
-    progress.add(0, 1.0)
+    progress.add(0, 1.0, {})
     with pytest.raises(UserError, match=r"still missing: \[1, 2\]"):
         _wait_for(progress, 3, True, stall_s=0.5, poll_s=0.05)
