@@ -40,12 +40,13 @@ class Result:
 
 def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: Dictionary, model: nn.Module,
                          strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams,
-                         compute: Compute = Compute(), separator: int | None = None) -> Result:
+                         compute: Compute = Compute(), separator: int | None = None,
+                         keep: np.ndarray | None = None) -> Result:
     """Scan `tokens` (whole contexts, consecutive in the packed stream) and their activations
     ``acts[first_row:]``; `strings` is each token id's text, `backend` a Baseline or an LLMBackend,
     `separator` the id of the token that ends each document (tokenizer.separator; None: the token
-    whose text is "<|endoftext|>"). The encoding runs on `compute`'s device; the statistics over its
-    output, on the CPU."""
+    whose text is "<|endoftext|>"), `keep` the tokens that count (None: all; see sampling.scan). The
+    encoding runs on `compute`'s device; the statistics over its output, on the CPU."""
     n_feat, d = sae.d_sae, sae.d_in
     kinds = np.array(["feature"] * n_feat + ["neuron"] * (d if p.neurons else 0))
     index = np.concatenate([np.arange(n_feat), np.arange(d if p.neurons else 0)])
@@ -72,7 +73,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     n_ctx = len(tokens) // ctx
     labels = token_labels(tokens.reshape(n_ctx, ctx), strings, list(proxies.values()))
     sides, n_docs = context_sides(tokens, ctx, _separator(separator, strings), p)
-    s = scan(acts, first_row, tokens, ctx, sides, encode, len(kinds), choose, labels, p)
+    s = scan(acts, first_row, tokens, ctx, sides, encode, len(kinds), choose, labels, p, keep)
     ex, units = s.examples, s.interpreted
     truth10 = quantise(ex.acts, s.max[ex.unit][:, None])
 
