@@ -229,3 +229,18 @@ def test_exclusion_params_resolve_auto_by_model_source(tmp_path):
         exclude={"special_tokens": False, "norm_factor": 4}))).activations.exclude
     chosen = exclusion(p.special_tokens, p.norm_factor, p.median_tokens, "hf", [0])
     assert chosen.special_ids == () and chosen.norm_factor == 4.0
+
+
+def test_estimates_count_the_stored_and_the_read_item_size(tmp_path):
+    """A float32 store doubles the cache's shards; a bfloat16 one stores 2 bytes but is read as float32."""
+    from monosemantic.resources import activation_cache, sae_training
+
+    def sizes(dtype):
+        params = load_params(write(tmp_path, lambda r: r["activations"].update(dtype=dtype)))
+        shards = activation_cache(params, 4096).parts[0]
+        window = next(p for p in sae_training(params, 4096, 0).parts if "shuffle window" in p.what)
+        return shards.bytes, window.bytes
+
+    (s16, w16), (sbf, wbf), (s32, w32) = sizes("float16"), sizes("bfloat16"), sizes("float32")
+    assert sbf == s16 and s32 > 1.9 * s16  # the acts dominate the shards (4096 wide)
+    assert wbf == w32 == 2 * w16
