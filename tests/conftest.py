@@ -111,3 +111,21 @@ def s3(s3_server, tmp_path, monkeypatch) -> str:
     for name, value in s3_env(s3_server, tmp_path).items():
         monkeypatch.setenv(name, value)
     return new_bucket()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server, tmp_path_factory):
+    """`mlflow server` for this test session, its artifacts proxied to a bucket of the session's moto
+    S3; (its URL, the artifacts destination s3://bucket/mlartifacts, the S3 environment it runs with)."""
+    from tests.servers import free_port, new_bucket, s3_env, start_mlflow, stop
+
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    env = s3_env(s3_server, tmp)
+    with pytest.MonkeyPatch.context() as mp:  # the bucket is made as the server will reach it
+        for name, value in env.items():
+            mp.setenv(name, value)
+        artifacts = f"{new_bucket()}/mlartifacts"
+    port = free_port()
+    proc = start_mlflow(port, f"sqlite:///{tmp / 'mlflow.db'}", artifacts, env, tmp / "server.log")
+    yield f"http://127.0.0.1:{port}", artifacts, env
+    stop(proc)
