@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.action == "store":
                 n = store_results(args.key, args.remote)
-                print(f"stored results {args.key!r}: outputs pushed, dvc.lock and {n - 1} uncached outputs archived")
+                print(f"stored results {args.key!r}: outputs pushed; dvc.lock and {n - 1} other paths archived")
                 return 0
             if not fetch_results(args.key, args.remote):
                 print(f"monosemantic results: the remote holds no results {args.key!r}; nothing was changed",

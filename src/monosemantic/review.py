@@ -71,7 +71,8 @@ def diff_markdown(rev: str = "HEAD", show_all: bool = False, targets: list[str] 
 # DVC's run cache would restore unchanged stages by itself, but it skips stages with `persist`
 # outputs, which every stage here has (outputs survive a failed or resumed run). So a run's
 # results are kept explicitly: `dvc push` sends the cached outputs, and one archive per key holds
-# what git would otherwise have to: dvc.lock and the outputs DVC does not cache (metrics, plots).
+# what git would otherwise have to: dvc.lock, the outputs DVC does not cache (metrics, plots) and
+# the .gitignore files DVC wrote beside its outputs (a directory dependency's hash includes them).
 RESULTS = "monosemantic-results"
 
 
@@ -105,9 +106,15 @@ def _uncached_outs() -> list[str]:
                        for out in stage.outs if not out.use_cache})
 
 
+def _new_gitignores() -> list[str]:
+    """The .gitignore files git does not track yet: those `dvc repro` wrote for its outputs."""
+    res = _run(["git", "ls-files", "--others", "--exclude-standard", "-z"])
+    return sorted(p for p in res.stdout.split("\0") if p and Path(p).name == ".gitignore") if not res.returncode else []
+
+
 def store_results(key: str, remote: str | None = None) -> int:
     """Push the workspace's outputs to the DVC remote and archive dvc.lock with the uncached outputs
-    under `key`; returns the number of files archived."""
+    and DVC's .gitignore files under `key`; returns the number of paths archived."""
     import io
     import tarfile
 
@@ -117,7 +124,7 @@ def store_results(key: str, remote: str | None = None) -> int:
     _dvc("push", "-q", "-r", name)
     buf, n = io.BytesIO(), 0
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in ["dvc.lock", *(p for p in _uncached_outs() if Path(p).exists())]:
+        for path in ["dvc.lock", *(p for p in _uncached_outs() if Path(p).exists()), *_new_gitignores()]:
             tar.add(path)
             n += 1
     with loc.errors("writing", f"{key}.tar.gz"):
