@@ -43,9 +43,9 @@ def check(uri: str | None = None) -> None:
         return
     import requests
 
-    from monosemantic.storage import _public  # storage owns URLs and their credentials
+    from monosemantic.storage import public_url  # storage owns URLs and their credentials
 
-    public = _public(uri)
+    public = public_url(uri)
     fix = ("start the server (see README, \"A shared MLflow server\"), or unset MLFLOW_TRACKING_URI "
            "to track in this workspace's sqlite:///mlflow.db; nothing was run and no output changed")
     cert = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")  # MLflow's own TLS settings, as its client reads them
