@@ -351,6 +351,12 @@ def test_named_units_get_pages_but_stay_out_of_the_sample_scores():
     assert row["explanation"] and row["score_pearson"] is not None and row["control_of"] in sample
     assert "too rare" in f.filter(pl.col("index") == dead)["explanation_error"][0]
     assert set(r.examples["index"]) == {*sample, extra, dead}
+    # Pearson on the true activations; Spearman, beside it, on them quantised to 0-10 as the simulator predicts.
+    held = r.examples.filter((pl.col("index") == extra) & (pl.col("split") == "heldout"))
+    sim, true = np.concatenate(held["simulated"].to_list()), np.concatenate(held["acts"].to_list())
+    assert row["score_pearson"] == pytest.approx(pearson(sim, true))
+    assert row["score_spearman"] == pytest.approx(spearman(sim, quantise(true, row["max_activation"])))
+    assert row["score_spearman"] != pytest.approx(spearman(sim, true))
     m = r.metrics["features"]
     in_sample = f.filter(pl.col("chosen_for").list.contains("sample"))["score_pearson"]
     assert m["sampled"] == m["scored"] == 3 and m["interpreted"] == 5
