@@ -136,7 +136,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     simulated_rows = np.full(ex.acts.shape, np.nan, dtype=np.float32)
     for i, u in enumerate(units):
         r, h = rows[u], heldout[i]
-        rows[u]["chosen_for"] = chosen_for[int(u)]
+        r["chosen_for"] = chosen_for[int(u)]
         expl = explanations[i]
         if expl is None:
             continue
@@ -335,7 +335,7 @@ def _examples_table(ex, kinds, index, strings, simulated) -> pl.DataFrame:
 
 def _metrics(features: pl.DataFrame, proxies: pl.DataFrame, names: list[str], leaders: dict[str, dict[str, int]],
              s: Scan, p: InterpretParams, backend: str) -> dict:
-    """Scores over the random sample only (`leaders`: each proxy's best unit per kind, as _leaders)."""
+    """Scores over the random sample only; `leaders`: each proxy's best unit per kind, as choose picked them."""
     out: dict[str, Any] = {"backend": backend, "n_tokens": s.n_tokens}
     scored = {}
     for kind in ("feature", "neuron"):
@@ -360,7 +360,7 @@ def _metrics(features: pl.DataFrame, proxies: pl.DataFrame, names: list[str], le
     for name, positives in zip(names, s.label_counts):
         entry = {"positive_tokens": int(positives)}
         for kind, unit in leaders.get(name, {}).items():
-            top = proxies.row(unit * len(names) + names.index(name), named=True)
+            top = proxies.row(unit * len(names) + names.index(name), named=True)  # a row per unit and proxy
             entry |= {kind: top["index"], f"{kind}_f1": top["f1"], f"{kind}_precision": top["precision"],
                       f"{kind}_recall": top["recall"]}
         out["proxies"][name] = entry

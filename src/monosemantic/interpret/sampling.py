@@ -98,7 +98,8 @@ def context_sides(tokens: np.ndarray, ctx: int, separator: int, p: InterpretPara
 
 def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
          encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], n_units: int,
-         choose: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, p: InterpretParams) -> Scan:
+         choose: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], labels: np.ndarray,
+         p: InterpretParams) -> Scan:
     """`tokens` (whole contexts) and their activations ``acts[first_row:]`` (zarr or numpy); `sides` each
     context's side (context_sides); `encode(x, units)` maps a float32 batch of rows to the activations of
     `units` (None: all ``n_units``); `choose(active_contexts, fired_tokens, true_positives)` picks the units to
