@@ -47,6 +47,7 @@ bench: setup-dev
 	$(PY) benchmarks/cache_throughput.py
 	$(PY) benchmarks/sae_step.py
 	$(PY) benchmarks/ddp_overhead.py
+	$(PY) benchmarks/remote_reader.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,8 +1,9 @@
 """What every stage does around its own work, so stage modules stay a screen long.
 
-Validate the whole params.yaml before anything else, take the device `compute` asks for (and,
-under torchrun, join the process group: rank 0 alone locks, logs and writes), open one MLflow
-run, hash and log the inputs, and build the provenance record; a UserError ends the stage with
+Validate the whole params.yaml before anything else, check that the MLflow server (when
+MLFLOW_TRACKING_URI names one) answers, take the device `compute` asks for (and, under torchrun,
+join the process group: rank 0 alone locks, logs and writes), open one MLflow run, hash and log
+the inputs, and build the provenance record; a UserError ends the stage with
 its message and exit status 2, and no output is replaced (outputs are written atomically).
 """
 
@@ -167,6 +168,7 @@ def run_stage(name: str, section: str | None, also: tuple[str, ...] = (), dictio
         named = dictionary_name(params, dictionary) if dictionary is not None else None
         also = tuple(k.format(architecture=named.architecture) if named else k for k in also)
         sections = {k: _dump(_section(params, k)) for k in (section, *also) if k}
+        tracking.check()  # an MLflow server that does not answer stops the stage here, not after its work
         c = params.compute
         with setup_compute(c.device, c.precision, c.threads, c.timeout_s) as compute:
             if not compute.is_main:  # rank 0 holds the lock and the MLflow run, and writes

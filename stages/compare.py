@@ -38,7 +38,7 @@ def main() -> None:
             tables.append(table.select(pl.lit(arch).alias("architecture"), pl.all()))
             fams += [{"architecture": arch, **f} for f in arch_fams[: p.top_families]]
             summaries[arch] = splitting.summary(table, arch_fams)
-            for fam in [f for f in arch_fams if any(len(c["features"]) > 1 for c in f["children"].values())][:3]:
+            for fam in splitting.splits(arch_fams)[:3]:
                 grown = ", ".join(f"{len(c['features'])} in {k}" for k, c in fam["children"].items())
                 print(f"compare: {arch} feature {fam['feature']} of {fam['dict_size']} splits into {grown}")
         out = Path("reports/splitting")

@@ -1,4 +1,9 @@
-"""interpret@<architecture>-<size>: explain a sample of one dictionary's features and every MLP neuron, and score them."""
+"""interpret@<architecture>-<size>: explain a sample of one dictionary's features and every MLP neuron, and score them.
+
+The features the report names get explained too: each proxy's best (found in the scan), and the members
+of the largest splitting families, which are found here as the compare stage finds them, from the
+decoders of every size of the architecture, so that each one the report names has a page.
+"""
 
 from pathlib import Path
 
@@ -6,8 +11,10 @@ import numpy as np
 
 from monosemantic.activations import open_store
 from monosemantic.errors import UserError
+from monosemantic.evaluation import splitting
 from monosemantic.interpret import Baseline, ChatClient, LLMBackend, api_key, detector, interpret_dictionary
 from monosemantic.model import load_model
+from monosemantic.params import dictionary_name
 from monosemantic.provenance import atomic_output, write_record
 from monosemantic.sae.export import load_sae
 from monosemantic.tokenizer import load_tokenizer, token_strings
@@ -15,7 +22,7 @@ from stages._stage import run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"interpret@{arg}", "interpret", dictionary=arg) as s:
+    with run_stage(f"interpret@{arg}", "interpret", also=("compare", "sae.dict_sizes"), dictionary=arg) as s:
         p, name, size = s.section, s.dictionary.name, s.dictionary.size
         key = api_key(p.openai) if p.backend == "openai" else None  # fail before any work
         proxies = {proxy.name: detector(proxy) for proxy in p.proxies}
@@ -23,6 +30,7 @@ def main(arg: str) -> None:
                             ("model", "models/transformer"), ("sae", f"models/sae/{name}")):
             s.input(what, path)
         store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{name}")
+        named = {f: "splitting" for f in _split_features(s, sae)}
         tok = load_tokenizer("data/tokenizer.json")
         strings = token_strings(tok)
         if sae.d_in != store.acts.shape[1]:
@@ -39,7 +47,7 @@ def main(arg: str) -> None:
         separator = tok.token_to_id(s.params.tokenizer.separator)  # documents end here: the explainer / held-out split
         keep = None if store.keep is None else np.asarray(store.keep[t0 : t0 + n])  # activations.exclude
         result = interpret_dictionary(store.acts, t0, tokens, ctx, sae, model, strings, proxies, backend, p, s.compute,
-                                      separator=separator, keep=keep)
+                                      separator=separator, named=named, keep=keep)
         out = Path(f"reports/features/{name}")
         with atomic_output(out) as tmp:
             result.features.write_parquet(tmp / "features.parquet")
@@ -52,6 +60,21 @@ def main(arg: str) -> None:
         f, n_ = result.metrics["features"], result.metrics["neurons"]
         print(f"interpret@{name}: features {f.get('mean_pearson', float('nan')):.3f} vs neurons "
               f"{n_.get('mean_pearson', float('nan')):.3f} mean Pearson (control {f.get('control_mean_pearson')})")
+
+
+def _split_features(s, sae) -> set[int]:
+    """This dictionary's features in the splitting families compare reports (its top_families that split)."""
+    arch, size, c = s.dictionary.architecture, s.dictionary.size, s.params.compare
+    decoders = {}
+    for other in sorted(s.params.sae.dict_sizes):
+        if other == size:
+            decoders[other] = sae.W_dec.detach()
+        else:
+            path = f"models/sae/{dictionary_name(arch, other)}"
+            s.input(f"sae_{other}", path)
+            decoders[other] = load_sae(path).W_dec.detach()
+    fams = splitting.families(splitting.nearest_table(decoders), c.family_cosine)[: c.top_families]
+    return splitting.members(fams).get(size, set())
 
 
 if __name__ == "__main__":

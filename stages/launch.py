@@ -10,8 +10,9 @@ exactly as `python -m stages.train_sae 4096` would. Otherwise the same params be
 
 which is printed, then run. On every other node of a multi-node run, start the same command
 (same workspace on a shared filesystem, same params.yaml): torchrun's rendezvous makes them one
-process group. Params are validated here first, so a bad value stops with exit status 2 before
-any process starts; a worker that dies ends the stage naming its rank.
+process group. Params, and the MLflow server when MLFLOW_TRACKING_URI names one, are checked here
+first, so a bad value or a server that does not answer stops with exit status 2 before any process
+starts; a worker that dies ends the stage naming its rank.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import runpy
 import sys
 
+from monosemantic import tracking
 from monosemantic.compute import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.params import load_params
@@ -38,6 +40,8 @@ def main(argv: list[str]) -> int:
     try:
         compute = load_params().compute
         resolve_device(compute.device, compute.precision)  # before any process starts
+        if compute.nnodes * compute.nproc_per_node > 1:
+            tracking.check()  # (in one process, the stage's own run_stage checks)
     except UserError as e:
         print(f"error in stage {'@'.join([stage, *args])}: {e}", file=sys.stderr)
         return 2

@@ -1,11 +1,16 @@
-"""Servers the tests start on 127.0.0.1 and stop at the end: moto's S3 (and IAM) here; each within
-a bounded timeout, nothing started by hand. Fixtures live in conftest.py; this module is the how."""
+"""Servers the tests start on 127.0.0.1 and stop at the end: moto's S3 (and IAM) and an MLflow
+tracking server; each within a bounded timeout, nothing started by hand. Fixtures live in
+conftest.py; this module is the how."""
 
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -14,6 +19,8 @@ from pathlib import Path
 
 SECRET = "moto-secret-" + secrets.token_hex(12)  # made at run time: it must appear in no output or file
 START_TIMEOUT_S = 30
+MLFLOW_START_TIMEOUT_S = 120  # it creates its SQLite schema first: tens of seconds on two loaded cores
+STOP_TIMEOUT_S = 15
 
 
 def free_port() -> int:
@@ -70,3 +77,39 @@ def new_bucket() -> str:
     name = f"t-{uuid.uuid4().hex[:12]}"
     storage.RemoteLocation(f"s3://{name}/x").fs.mkdir(name)
     return f"s3://{name}"
+
+
+def start_mlflow(port: int, backend: str, artifacts: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port`, one worker, artifacts proxied to `artifacts` (an s3:// URL
+    reached with `env`'s credentials and endpoint); answering /health within the timeout, or stopped."""
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", backend, "--serve-artifacts", "--artifacts-destination", artifacts]
+    env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner processes
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with open(log, "wb") as out:  # a file, not a pipe: nobody reads a pipe while it runs
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", "mlflow server", MLFLOW_START_TIMEOUT_S,
+                 alive=lambda: proc.poll() is None)
+    except RuntimeError as e:
+        stop(proc)
+        raise RuntimeError(f"{e}; its log ends:\n{log.read_text(errors='replace')[-3000:]}") from None
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group a server was started in (mlflow server runs uvicorn as a child),
+    SIGKILL to whatever of it is left after STOP_TIMEOUT_S."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(STOP_TIMEOUT_S)

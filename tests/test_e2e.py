@@ -378,7 +378,10 @@ def test_features_and_neurons_are_explained_and_scored(repo, size):
     features = pl.read_parquet(repo / f"reports/features/{name}/features.parquet")
     assert features.height == size + 128 and features.filter(pl.col("interpreted")).height == m["features"][
         "interpreted"] + m["neurons"]["interpreted"]
-    explained = features.filter(pl.col("interpreted"))
+    sample = features.filter(pl.col("chosen_for").list.contains("sample"))
+    assert sample.height == 40 + m["neurons"]["sampled"] and m["features"]["sampled"] == 40
+    rare = pl.col("explanation_error").str.starts_with("too rare").fill_null(False)  # a named unit may be
+    explained = features.filter(pl.col("interpreted") & ~rare)
     assert explained["explanation"].null_count() == 0 and explained["score_pearson"].is_between(-1, 1).all()
     assert explained["logit_boost_tokens"].list.len().min() == 10
     # pass 2 re-encodes only the chosen units: a sign flip of a value within rounding of 0 may move a count
@@ -392,3 +395,26 @@ def test_features_and_neurons_are_explained_and_scored(repo, size):
         train = set(rows.filter(pl.col("split") == "train")["context"])
         assert not train & set(rows.filter(pl.col("split") == "heldout")["context"])
     assert json.loads((repo / f"reports/features/{name}/provenance.json").read_text())["inputs"]["sae"]["md5"]
+
+
+def test_every_unit_the_report_names_has_a_page(repo):
+    """The best feature for each proxy, the largest splitting families and every link of the site lead to a
+    page with examples, not only the random sample's units."""
+    from tests.test_report_site import broken_links, named_units, pageless
+
+    reports = repo / "reports"
+    assert not broken_links(reports)
+    summary = (reports / "summary.md").read_text()
+    named = named_units(summary)
+    for name in (f"{a}-{s}" for a in ("standard", "topk") for s in (128, 256)):
+        for proxy in json.loads((repo / f"metrics/sae/{name}/interp.json").read_text())["proxies"].values():
+            if proxy.get("feature") is not None:
+                assert (name, "feature", proxy["feature"]) in named, (name, proxy)
+    splits = [line for line in summary.splitlines() if line.startswith("- ") and " → " in line]
+    assert all(named_units(line) for line in splits), splits
+    families = [f for f in json.loads((reports / "splitting/families.json").read_text())["families"]
+                if any(len(c["features"]) > 1 for c in f["children"].values())]
+    members = {(f"{f['architecture']}-{f['dict_size']}", "feature", f["feature"]) for f in families} | {
+        (f"{f['architecture']}-{size}", "feature", i) for f in families for size, c in f["children"].items()
+        for i in c["features"]}
+    assert named and not pageless(reports, named | members)

@@ -163,7 +163,7 @@ def test_scan_statistics_and_windows_match_brute_force(n_ctx, ctx, d, density, b
     p = _params(batch_tokens=batch, seed=seed)
     keep = rng.random(n_ctx * ctx) >= dropped
     s = scan(np.concatenate([pad, acts]), 7, tokens, ctx, sides, _identity, d,
-             lambda active: np.flatnonzero(active.min(0) >= 1), labels, p, keep if dropped else None)
+             lambda active, *_: np.flatnonzero(active.min(0) >= 1), labels, p, keep if dropped else None)
     a = np.where(keep[:, None], acts.astype(np.float32), 0)
     assert s.n_tokens == keep.sum()
     np.testing.assert_allclose(s.density, (a > 0).sum(0) / keep.sum())
@@ -221,7 +221,7 @@ def test_intervals_cover_a_skewed_unit():
     sides = (np.arange(n_ctx) % 2).astype(np.int8)
     p = _params(top_examples=1, intervals=10, interval_examples=2, top_tokens=0)
     s = scan(acts.reshape(-1, 1), 0, rng.integers(0, 30, n_ctx * ctx).astype(np.int32), ctx, sides, _identity, 1,
-             lambda active: np.array([0]), np.zeros((n_ctx * ctx, 0), dtype=bool), p)
+             lambda active, *_: np.array([0]), np.zeros((n_ctx * ctx, 0), dtype=bool), p)
     ex = s.examples
     for side in (0, 1):
         got = np.bincount(ex.interval[(ex.split == side) & (ex.group == GROUPS.index("interval"))], minlength=11)[1:]
@@ -251,7 +251,7 @@ def test_documents_never_land_on_both_sides():
     doc = _documents(tokens, SEP).reshape(n_ctx, ctx)
     assert n_docs == doc.max() + 1
     acts = (rng.random((n_ctx * ctx, 3)) < 0.1).astype(np.float32)
-    s = scan(acts, 0, tokens, ctx, sides, _identity, 3, lambda active: np.arange(3),
+    s = scan(acts, 0, tokens, ctx, sides, _identity, 3, lambda active, *_: np.arange(3),
              np.zeros((len(tokens), 0), dtype=bool), p)
     ex = s.examples
     seen = [set(doc[ex.context[ex.split == side]].ravel()) for side in (0, 1)]
@@ -313,7 +313,9 @@ def test_interpret_dictionary_records_a_failed_explanation_and_scores_the_rest()
     assert neuron0["detection_balanced_accuracy"] > 0.8 and neuron0["fuzzing_balanced_accuracy"] > 0.8
     assert neuron0["score_token_pearson"] is not None  # the top tokens in other contexts are scored too
     assert r.metrics["features"]["failed"] == 1 and r.metrics["features"]["interpreted"] == 5
-    assert r.metrics["proxies"]["alpha"]["neuron"] == 0
+    assert r.metrics["proxies"]["alpha"]["neuron"] == 0 and neuron0["chosen_for"] == ["sample", "proxy:alpha"]
+    best = r.features.filter((pl.col("kind") == "feature") & (pl.col("index") == r.metrics["proxies"]["alpha"]["feature"]))
+    assert best["interpreted"].all() and "proxy:alpha" in best["chosen_for"][0]
     for kind in ("features", "neurons"):
         assert {"mean_spearman", "mean_detection_balanced_accuracy", "mean_detection_f1", "mean_detection_auc",
                 "mean_fuzzing_balanced_accuracy", "mean_fuzzing_f1", "mean_fuzzing_auc"} <= set(r.metrics[kind])
@@ -322,6 +324,49 @@ def test_interpret_dictionary_records_a_failed_explanation_and_scores_the_rest()
     assert set(held["group"]) == {"top", "interval", "random", "token"}
     with pytest.raises(UserError, match="separator"):
         interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB[:-1] + ["x"], {}, Baseline(VOCAB), p)
+
+
+def test_named_units_get_pages_but_stay_out_of_the_sample_scores():
+    """A feature named by splitting (or as a proxy's best) is explained and scored like the sample's, but the
+    headline means average the random sample only: units picked for being good at something would raise them."""
+    from monosemantic.interpret import interpret_dictionary
+    from monosemantic.sae.standard import Standard
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    n_ctx, ctx, d = 60, 16, 8
+    tokens = rng.integers(0, 42, n_ctx * ctx).astype(np.int32)
+    tokens[rng.random(len(tokens)) < 0.03] = SEP
+    acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
+    model = Transformer(TransformerConfig(vocab_size=len(VOCAB), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
+    sae = Standard(d, 40)
+    p = _params(features=3, min_contexts=2, split_block_contexts=2, neurons=False)
+    dead = 39
+    sae.W_enc.data[:, dead] = -1.0  # never fires: a named unit too rare to explain still gets its page
+    sae.b_enc.data[dead] = -10.0
+    plain = interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB, {}, Baseline(VOCAB), p)
+    sample = plain.features.filter(pl.col("interpreted"))["index"].to_list()
+    extra = int(plain.features.filter(pl.col("explanation_error").is_null() & ~pl.col("interpreted"))["index"][0])
+    r = interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB, {}, Baseline(VOCAB), p,
+                             named={extra: "splitting", dead: "splitting", sample[0]: "splitting"})
+    f = r.features.filter(pl.col("interpreted"))
+    assert f["index"].to_list() == sorted({*sample, extra, dead})
+    why = dict(zip(f["index"], f["chosen_for"].to_list()))
+    assert why[extra] == ["splitting"] and why[sample[0]] == ["sample", "splitting"] and why[sample[1]] == ["sample"]
+    row = f.filter(pl.col("index") == extra).row(0, named=True)
+    assert row["explanation"] and row["score_pearson"] is not None and row["control_of"] in sample
+    assert "too rare" in f.filter(pl.col("index") == dead)["explanation_error"][0]
+    assert set(r.examples["index"]) == {*sample, extra, dead}
+    # Pearson on the true activations; Spearman, beside it, on them quantised to 0-10 as the simulator predicts.
+    held = r.examples.filter((pl.col("index") == extra) & (pl.col("split") == "heldout"))
+    sim, true = np.concatenate(held["simulated"].to_list()), np.concatenate(held["acts"].to_list())
+    assert row["score_pearson"] == pytest.approx(pearson(sim, true))
+    assert row["score_spearman"] == pytest.approx(spearman(sim, quantise(true, row["max_activation"])))
+    assert row["score_spearman"] != pytest.approx(spearman(sim, true))
+    m = r.metrics["features"]
+    in_sample = f.filter(pl.col("chosen_for").list.contains("sample"))["score_pearson"]
+    assert m["sampled"] == m["scored"] == 3 and m["interpreted"] == 5
+    assert m["mean_pearson"] == pytest.approx(in_sample.mean()) != pytest.approx(f["score_pearson"].mean())
 
 
 def _planted(rng, n, token, width=29):

@@ -157,7 +157,8 @@ def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat
     p = InterpretParams(batch_tokens=256, top_examples=4, intervals=3, interval_examples=1, random_examples=3,
                         top_tokens=1, token_contexts=1, window_before=3, window_after=2, histogram_bins=5,
                         min_contexts=2, features=3, split_block_contexts=2)
-    r = interpret_dictionary(acts, 0, tokens, ctx, Standard(d, 8), model, strings, {},
+    sae = Standard(d, 8)
+    r = interpret_dictionary(acts, 0, tokens, ctx, sae, model, strings, {},
                              LLMBackend(client(chat, tmp_path), strings), p)
     held = r.examples.filter(pl.col("split") == "heldout")
     peak = {}  # unit -> {window: its max activation}
@@ -176,6 +177,9 @@ def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat
     assert len(first) >= 2 * (d - 1)  # each unit's own simulation and a control's
     assert np.mean(first) < 0.5 and abs(np.nanmean(rhos)) < 0.25, (first, rhos)
     assert r.metrics["neurons"]["mean_detection_balanced_accuracy"] is not None
+    again = LLMBackend(client(chat, tmp_path), strings)  # the order is seeded: a re-run asks the cached prompts
+    interpret_dictionary(acts, 0, tokens, ctx, sae, model, strings, {}, again, p)
+    assert again.client.calls == 0
 
 
 def test_a_timeout_is_retried(chat, tmp_path):

@@ -238,6 +238,29 @@ def test_cache_to_s3_and_train_from_it_as_from_a_local_store(repo, s3_run):
 
 
 @e2e
+def test_two_processes_cache_to_s3_the_bytes_of_one(repo, s3_run, tmp_path):
+    """torchrun's ranks each write their own shards into the bucket; rank 0 finishes the store."""
+    from tests.test_distributed import processes
+
+    env = s3_run[2]
+    work = clone_repo(repo, tmp_path / "r")
+    url = s3_run[1].replace("/tiny/", "/two-ranks/")
+    set_params(work, lambda r: r["activations"].update(store=url))
+    set_params(work, processes(2))
+    res = subprocess.run([sys.executable, "-m", "stages.launch", "cache_activations"], cwd=work, env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    assert "launching: torchrun" in res.stdout
+    remote, local = _files(storage.location(url)), _files(storage.LocalLocation(repo / "data/activations.zarr"))
+    assert remote.keys() == local.keys()
+    assert {k for k in remote if remote[k] != local[k]} == {"zarr.json"}  # its provenance: world size 2
+    manifest = json.loads((work / "data/activations.zarr/manifest.json").read_text())
+    assert manifest["url"] == url and set(manifest["files"]) == set(remote)
+    assert not storage.location(url + ".partial").files() and not storage.location(url + ".progress").files()
+    _assert_secret_nowhere(work)
+
+
+@e2e
 def test_audit_verifies_the_remote_store_and_names_a_changed_shard(s3_run):
     work, url, env = s3_run
     audit = [str(Path(sys.executable).parent / "monosemantic"), "audit", "models/sae/standard-128"]

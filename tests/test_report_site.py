@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from monosemantic.report import svg, tokens
 from monosemantic.report.lineage import lineage
 from monosemantic.report.site import PAGES, build_site
 from monosemantic.report.summary import row, summary_markdown
-from monosemantic.report.units import Nearest
+from monosemantic.report.units import Nearest, page_path
 from stages.report import read_dictionaries, read_frontier
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,7 +33,7 @@ VOCAB = [" the", " cat", " sat", " on", "\n", "  ", "\t", "def", "(", ")", " bas
          " é", "🙂", " mat", ".", *XSS]
 
 UNITS = {"kind": pl.Utf8, "index": pl.Int64, "density": pl.Float64, "max_activation": pl.Float64,
-         "mean_activation": pl.Float64, "interpreted": pl.Boolean, "explanation": pl.Utf8, "explanation_error": pl.Utf8,
+         "mean_activation": pl.Float64, "interpreted": pl.Boolean, "chosen_for": pl.List(pl.Utf8), "explanation": pl.Utf8, "explanation_error": pl.Utf8,
          "score_pearson": pl.Float64, "score_spearman": pl.Float64, "control_pearson": pl.Float64,
          "control_spearman": pl.Float64, "control_of": pl.Int64, "best_proxy": pl.Utf8, "best_proxy_f1": pl.Float64,
          "best_proxy_precision": pl.Float64, "best_proxy_recall": pl.Float64, "hist_counts": pl.List(pl.Int64),
@@ -81,16 +82,19 @@ def _units(rng, size: int, n_neurons: int, n_features: int, first: bool) -> pl.D
     rows = []
     for kind, n, n_interp in (("feature", size, n_features), ("neuron", n_neurons, n_neurons)):
         order = rng.permutation(n)
-        chosen = set(order[:n_interp].tolist()) | ({0} if kind == "feature" else set())  # 0: a split family
+        sample = set(order[:n_interp].tolist())
+        chosen = sample | ({0} if kind == "feature" else set())  # 0: a split family, and base64's best
         for i in range(n):
             interp = i in chosen
+            why = (["sample"] if i in sample else []) + (["splitting", "proxy:base64"] if kind == "feature" and i == 0
+                                                         else [])
             max_act = float(rng.uniform(0.5, 8))
             xss = first and kind == "feature" and i == 0
             failed = interp and not xss and i % 11 == 5
             score = float(rng.uniform(0.2, 0.9) if kind == "feature" else rng.uniform(-0.1, 0.6))
             rows.append({
                 "kind": kind, "index": i, "density": float(10 ** rng.uniform(-5, -0.5)), "max_activation": max_act,
-                "mean_activation": max_act / 5, "interpreted": interp,
+                "mean_activation": max_act / 5, "interpreted": interp, "chosen_for": why,
                 "explanation": None if not interp or failed else
                 ("base64 text " + XSS[0] + XSS[1] if xss else f"{kind} {i}: the word ' cat' after ' the'"),
                 "explanation_error": "too rare: 3 activating contexts" if failed else None,
@@ -215,7 +219,8 @@ def _interpretation(root: Path, rng, name: str, size: int, n_neurons: int, n_fea
     _write(out / "provenance.json", json.dumps(_record(
         f"interpret@{name}", {"sae": (f"models/sae/{name}", f"sae-{name}.dir"),
                               "activations": ("data/activations.zarr", "acts.dir")}, f"run-interp-{name}")))
-    scores = {kind: interp.filter(pl.col("kind") == kind[:-1])["score_pearson"].drop_nulls()
+    sample = interp.filter(pl.col("chosen_for").list.contains("sample"))
+    scores = {kind: sample.filter(pl.col("kind") == kind[:-1])["score_pearson"].drop_nulls()
               for kind in ("features", "neurons")}
     stats = {kind: {"scored": int(v.len()), "interpreted": int(v.len()), "mean_pearson": float(v.mean()),
                     "median_pearson": float(v.median()), "mean_spearman": float(v.mean()) * 0.9,
@@ -244,6 +249,40 @@ def site(tmp_path_factory) -> Path:
     root = make_workspace(tmp_path_factory.mktemp("ws"))
     build(root)
     return root / "reports"
+
+
+# ---------------------------------------------------------------- links and named units
+LINK = re.compile(r'(?:href|src)="([^"]*)"')
+NAMED = re.compile(r"\b(feature|neuron) (\d+) of ([A-Za-z0-9_.]+-\d+)\b")
+
+
+def broken_links(reports: Path) -> list[str]:
+    """Every link of the site (href and src of each HTML file, and the index table's page links, which
+    its script turns into hrefs) whose file, or anchor in that file, does not exist."""
+    broken = []
+    files = [reports / "index.html", *sorted((reports / PAGES).rglob("*.html"))]
+    for f in files:
+        html = f.read_text()
+        targets = [t for t in LINK.findall(html) if not t.startswith("data:")]
+        if f.name == "index.html" and (table := re.search(r'id="unit-data">(.*?)</script>', html, re.S)):
+            data = json.loads(table.group(1))
+            page = data["columns"].index("page")
+            targets += [f"{PAGES}/{r[page]}" for r in data["rows"] if r[page]]
+        for t in targets:
+            path, _, anchor = t.partition("#")
+            target = (f.parent / path).resolve() if path else f
+            if not target.is_file() or (anchor and f'id="{anchor}"' not in target.read_text()):
+                broken.append(f"{f.relative_to(reports)}: {t}")
+    return broken
+
+
+def named_units(summary: str) -> set[tuple[str, str, int]]:
+    """(dictionary, kind, index) of every unit summary.md names ("feature 502 of standard-512")."""
+    return {(name, kind, int(i)) for kind, i, name in NAMED.findall(summary)}
+
+
+def pageless(reports: Path, units: set[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+    return sorted(u for u in units if not (reports / PAGES / page_path(*u)).is_file())
 
 
 # ---------------------------------------------------------------- the browser
@@ -417,7 +456,7 @@ def test_neuron_pages_match_feature_pages(site, browser, tmp_path):
 # ---------------------------------------------------------------- without a browser
 def test_dictionaries_without_interpretation_get_metrics_and_say_so(site):
     html = (site / "index.html").read_text()
-    assert "95% CI" in html and "(feature 0)" in html       # standard-32's interp.json: the best base64 feature
+    assert "95% CI" in html and '(<a href="pages/standard-32/feature-0.html">feature 0</a>)' in html  # best base64 feature
     assert 'id="dict-standard-64"' in html and 'id="dict-topk-16"' in html and "more than 0.1 of tokens" in html
     assert "No interpretation outputs for this dictionary yet" in html and "interpret@topk-64" in html
     assert "</script><b>" not in html and "<script>window.pwned" not in html  # escaped in the JSON too
@@ -425,6 +464,31 @@ def test_dictionaries_without_interpretation_get_metrics_and_say_so(site):
     for name in INTERPRETED:
         interpreted = pl.read_parquet(site / f"features/{name}/features.parquet").filter(pl.col("interpreted")).height
         assert len(list((site / PAGES / name).glob("*.html"))) == interpreted
+
+
+def test_every_link_of_the_site_resolves(site, tmp_path):
+    assert not broken_links(site)
+    shutil.copytree(site, tmp_path / "reports")                # the check finds a page that is missing
+    (tmp_path / "reports" / PAGES / "standard-32/feature-0.html").unlink()
+    assert "index.html: pages/standard-32/feature-0.html" in broken_links(tmp_path / "reports")
+
+
+def test_every_unit_the_summary_names_has_a_page(site):
+    root = site.parent
+    dictionaries = read_dictionaries([(a, s) for a in ARCHS for s in SIZES], root)
+    families = [{"architecture": "standard", "dict_size": 16, "feature": 0,
+                 "children": {"32": {"features": [0, 1, 2], "mean_cosine": 0.8}}}]
+    text = summary_markdown([d.row() for d in dictionaries], splitting={}, families=families,
+                            interp={d.name: d.interp for d in dictionaries if d.interp})
+    named = named_units(text)
+    assert {("standard-16", "feature", 0), ("standard-32", "feature", 0), ("topk-32", "feature", 0)} <= named
+    assert not pageless(site, named)
+    assert pageless(site, {("standard-64", "feature", 0)})      # standard-64 was not interpreted
+
+
+def test_unit_pages_say_why_the_unit_was_chosen(site):
+    html = (site / PAGES / "standard-16/feature-0.html").read_text()
+    assert "<dt>chosen for</dt><dd>" in html and "a splitting family, best for proxy base64" in html
 
 
 def test_feature_pages_link_only_within_their_architecture(site):
@@ -556,8 +620,8 @@ def test_summary_compares_architectures_from_the_data():
                 for a, f, n in (("standard", 4, 3), ("topk", 9, 2), ("topk", 1, 1))]
     text = summary_markdown(rows(True), splitting=splitting, families=families)
     assert "| standard | 4096 → 512 | 0.800 | 0.700 | 25.0% |" in text and "| topk | 4096 → 512 | 0.600 |" in text
-    assert "- standard: feature 4 of 512 → 3 in 4096" in text and "- topk: feature 9 of 512 → 2 in 4096" in text
-    assert "feature 1 of 512" not in text                        # one child: not a split
+    assert "- standard: feature 4 of standard-512 → 3 in 4096" in text and "- topk: feature 9 of topk-512 → 2 in 4096" in text
+    assert "feature 1 of topk-512" not in text                   # one child: not a split
 
 
 def test_summary_of_the_workspace(tmp_path):

@@ -138,6 +138,12 @@ def test_workflow_runs_the_tiny_pipeline_diffs_and_comments(workflow):
     assert order == sorted(order)  # the base branch's tiny run, then this branch's, then the diff
     assert run.count("cp tests/params_tiny.yaml params.yaml") == 2
     assert re.search(r"--body-file\s+diff\.md", run)
+    # With a DVC remote the base's results are fetched before, and stored after, its run.
+    base = next(step for step in steps if "git worktree add" in step.get("run", ""))
+    assert base["env"]["DVC_REMOTE_URL"] == "${{ secrets.DVC_REMOTE_URL }}"
+    order = [base["run"].index(s) for s in ("dvc remote add --local", "monosemantic results fetch", "dvc repro",
+                                            "monosemantic results store")]
+    assert order == sorted(order)
     upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
     assert "reports/" in upload["with"]["path"]
 

@@ -21,6 +21,13 @@ def main(argv: list[str] | None = None) -> int:
     diff_p.add_argument("--all", action="store_true", help="also list unchanged params and metrics")
     diff_p.add_argument("--targets", nargs="+", metavar="PATH",
                         help="metrics files or directories to compare (default: all in dvc.yaml)")
+    results_p = sub.add_parser("results", help="keep a run's results in the DVC remote under a key, or restore "
+                                               "them there instead of recomputing (the pull-request workflow's base)",
+                               epilog="exit status: 0 done, 1 (fetch) the remote holds no results for KEY, 2 error")
+    results_p.add_argument("action", choices=["store", "fetch"],
+                           help="store: dvc push, then archive dvc.lock and the uncached outputs; fetch: the reverse")
+    results_p.add_argument("key", help="a name for the run, e.g. tiny-<commit>")
+    results_p.add_argument("--remote", help="a DVC remote's name (default: the default remote)")
     export_p = sub.add_parser("export", help="write a dictionary's features for Neuronpedia or EleutherAI delphi",
                               epilog="run in the workspace that made the dictionary; exit status 2 on bad input")
     formats = export_p.add_subparsers(dest="format", required=True)
@@ -64,6 +71,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"monosemantic diff: error: {e}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "results":
+        from monosemantic.errors import UserError
+        from monosemantic.review import ReviewError, fetch_results, store_results
+
+        try:
+            if args.action == "store":
+                n = store_results(args.key, args.remote)
+                print(f"stored results {args.key!r}: outputs pushed; dvc.lock and {n - 1} other paths archived")
+                return 0
+            if not fetch_results(args.key, args.remote):
+                print(f"monosemantic results: the remote holds no results {args.key!r}; nothing was changed",
+                      file=sys.stderr)
+                return 1
+            print(f"restored results {args.key!r}: `dvc status` finds nothing to run")
+            return 0
+        except (ReviewError, UserError) as e:
+            print(f"monosemantic results: error: {e}", file=sys.stderr)
+            return 2
     if args.command == "export":
         from monosemantic.errors import UserError
         from monosemantic.interpret.export import export_delphi, export_neuronpedia

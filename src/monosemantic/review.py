@@ -65,3 +65,90 @@ def diff_markdown(rev: str = "HEAD", show_all: bool = False, targets: list[str] 
     return (f"## Pipeline changes: workspace vs `{rev}` ({short})\n\n"
             f"### Params\n\n{params}\n\n"
             f"### Metrics\n\n{metrics}\n")
+
+
+# ---------------------------------------------------------------- a revision's results, kept in the DVC remote
+# DVC's run cache would restore unchanged stages by itself, but it skips stages with `persist`
+# outputs, which every stage here has (outputs survive a failed or resumed run). So a run's
+# results are kept explicitly: `dvc push` sends the cached outputs, and one archive per key holds
+# what git would otherwise have to: dvc.lock, the outputs DVC does not cache (metrics, plots) and
+# the .gitignore files DVC wrote beside its outputs (a directory dependency's hash includes them).
+RESULTS = "monosemantic-results"
+
+
+def _dvc(*args: str) -> str:
+    res = _run([sys.executable, "-m", "dvc", *args])
+    if res.returncode:
+        raise ReviewError(f"`dvc {' '.join(args)}` failed: {res.stderr.strip()[-2000:] or res.stdout.strip()[-2000:]}")
+    return res.stdout
+
+
+def _results(remote: str | None):
+    """The archive folder of `remote` (default: DVC's default remote): a Location beside DVC's files."""
+    from monosemantic import storage
+
+    name = remote or _run([sys.executable, "-m", "dvc", "remote", "default"]).stdout.strip()
+    if not name:
+        raise ReviewError("no DVC remote is configured: `dvc remote add -d NAME URL` first (README: A DVC remote)")
+    url = _run([sys.executable, "-m", "dvc", "config", f"remote.{name}.url"]).stdout.strip()
+    if not url:
+        raise ReviewError(f"DVC remote {name!r} is not configured: `dvc remote list` shows those that are")
+    base = f"{url.rstrip('/')}/{RESULTS}" if storage.is_url(url) else Path(url) / RESULTS
+    return storage.location(base), name
+
+
+def _uncached_outs() -> list[str]:
+    """Paths of the pipeline's outputs with `cache: false`: DVC verifies them but never pushes them."""
+    from dvc.repo import Repo
+
+    with Repo(".") as repo:
+        return sorted({out.def_path for stage in repo.index.stages
+                       for out in stage.outs if not out.use_cache})
+
+
+def _new_gitignores() -> list[str]:
+    """The .gitignore files git does not track yet: those `dvc repro` wrote for its outputs."""
+    res = _run(["git", "ls-files", "--others", "--exclude-standard", "-z"])
+    return sorted(p for p in res.stdout.split("\0") if p and Path(p).name == ".gitignore") if not res.returncode else []
+
+
+def store_results(key: str, remote: str | None = None) -> int:
+    """Push the workspace's outputs to the DVC remote and archive dvc.lock with the uncached outputs
+    and DVC's .gitignore files under `key`; returns the number of paths archived."""
+    import io
+    import tarfile
+
+    if not Path("dvc.lock").exists():
+        raise ReviewError("no dvc.lock here: run `dvc repro` first; there are no results to store")
+    loc, name = _results(remote)
+    _dvc("push", "-q", "-r", name)
+    buf, n = io.BytesIO(), 0
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in ["dvc.lock", *(p for p in _uncached_outs() if Path(p).exists()), *_new_gitignores()]:
+            tar.add(path)
+            n += 1
+    with loc.errors("writing", f"{key}.tar.gz"):
+        loc.write(f"{key}.tar.gz", [buf.getvalue()])
+    return n
+
+
+def fetch_results(key: str, remote: str | None = None) -> bool:
+    """Restore the results archived under `key`: dvc.lock, the uncached outputs, and (`dvc pull`)
+    every cached one, then check that `dvc status` finds nothing to run. False, with nothing
+    written, when the remote holds no results for `key`."""
+    import io
+    import tarfile
+
+    loc, name = _results(remote)
+    with loc.errors("reading", f"{key}.tar.gz"):
+        if not loc.exists(f"{key}.tar.gz"):
+            return False
+        data = loc.read(f"{key}.tar.gz")
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(".", filter="data")  # no absolute paths, no escapes from the workspace
+    _dvc("pull", "-q", "-r", name)
+    changed = _dvc("status", "--json").strip()
+    if changed not in ("", "{}"):
+        raise ReviewError(f"results {key!r} were restored but `dvc status` still finds stages to run: "
+                          f"{changed[:500]}; this workspace's dvc.yaml or params differ from the stored run's")
+    return True

@@ -101,7 +101,7 @@ def endpoint() -> str | None:
     return url or None
 
 
-def _public(url: str) -> str:
+def public_url(url: str) -> str:
     """A URL fit for a message: no user:password part."""
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
@@ -329,7 +329,7 @@ class RemoteLocation(Location):
     def explain(self, e: BaseException, doing: str, key: str = "") -> str:
         """What went wrong, where, and what to check: the URL and endpoint, never a credential."""
         where = self.display(key)
-        via = f" (endpoint {_public(endpoint())})" if self.scheme == "s3" and endpoint() else ""
+        via = f" (endpoint {public_url(endpoint())})" if self.scheme == "s3" and endpoint() else ""
         reason = scrub(" ".join(f"{type(e).__name__}: {e}".split()))[:400]
         hint = CREDENTIALS_HINT.get(self.scheme if self.scheme == "s3" else self.scheme[:2], "")
         if _denied(e):

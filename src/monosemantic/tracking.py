@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -17,12 +18,51 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from monosemantic.errors import UserError
+
 EXPERIMENT = "monosemantic"
 TAG_STAGE, TAG_HOST, TAG_WORKSPACE = "monosemantic.stage", "monosemantic.host", "monosemantic.workspace"
+CHECK_TIMEOUT_S = 5  # the reachability check's connect and read limit (MLflow's own: 120 s, 7 retries)
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def check(uri: str | None = None) -> None:
+    """Stop before any work when the tracking server `uri` names (MLFLOW_TRACKING_URI) does not answer.
+
+    MLflow itself would retry for minutes, and only once the run opens; a stage would otherwise
+    fail late, or hang. One GET of the server's `/health` (unauthenticated, also under basic auth)
+    with a short timeout, no retries. A server that answers at all, even 401 or 404, is left to
+    MLflow; connection errors, timeouts and 5xx (a proxy whose MLflow is down) are a UserError
+    naming the URI without its user:password part. A local store (sqlite, file) is not checked.
+    """
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from monosemantic.storage import public_url  # storage owns URLs and their credentials
+
+    public = public_url(uri)
+    fix = ("start the server (see README, \"A shared MLflow server\"), or unset MLFLOW_TRACKING_URI "
+           "to track in this workspace's sqlite:///mlflow.db; nothing was run and no output changed")
+    cert = os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")  # MLflow's own TLS settings, as its client reads them
+    insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() in ("true", "1")
+    try:
+        answer = requests.get(uri.rstrip("/") + "/health", timeout=CHECK_TIMEOUT_S,
+                              verify=cert or not insecure, cert=os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH"))
+    except requests.Timeout:
+        raise UserError(f"the MLflow tracking server at {public} (MLFLOW_TRACKING_URI) gave no answer "
+                        f"within {CHECK_TIMEOUT_S} s: {fix}") from None
+    except requests.RequestException as e:  # the message holds host and port, never the user:password part
+        why = re.search(r"\[Errno -?\d+\] ([^'\")]+)", str(e))
+        raise UserError(f"the MLflow tracking server at {public} (MLFLOW_TRACKING_URI) is unreachable "
+                        f"({why.group(1).strip() if why else type(e).__name__}): {fix}") from None
+    if answer.status_code >= 500:
+        raise UserError(f"the MLflow tracking server at {public} (MLFLOW_TRACKING_URI) answered {answer.status_code} "
+                        f"to GET /health: {fix}")
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

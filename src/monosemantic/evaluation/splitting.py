@@ -63,6 +63,21 @@ def families(table: pl.DataFrame, threshold: float) -> list[dict]:
     return ranked
 
 
+def splits(fams: list[dict]) -> list[dict]:
+    """The families that split: more than one member in some larger dictionary."""
+    return [f for f in fams if any(len(c["features"]) > 1 for c in f["children"].values())]
+
+
+def members(fams: list[dict]) -> dict[int, set[int]]:
+    """Per dictionary size, the features of the families that split: the root and its members."""
+    out: dict[int, set[int]] = {}
+    for f in splits(fams):
+        out.setdefault(f["dict_size"], set()).add(f["feature"])
+        for size, c in f["children"].items():
+            out.setdefault(int(size), set()).update(c["features"])
+    return out
+
+
 def summary(table: pl.DataFrame, fams: list[dict]) -> dict[str, dict[str, float]]:
     """Per pair of sizes: the distribution of nearest-feature cosines, and how many splits."""
     out = {}

@@ -6,6 +6,11 @@ earned on held-out documents, shown in a seeded random order: simulation (Pearso
 activations, Spearman on them quantised to 0-10 as the paper reports), detection (does the
 explanation tell activating excerpts from the others) and fuzzing (does it tell the activating
 tokens from others highlighted in their place), the last two after EleutherAI's delphi.
+
+Besides a random sample of features (and every neuron), the units the report names get examples and
+explanations too: each proxy's best feature and neuron, and the features the caller names (the largest
+splitting families). Column `chosen_for` says why; the headline scores average the sample only, so the
+named units, picked for being good at something, cannot raise them.
 """
 
 from __future__ import annotations
@@ -41,12 +46,13 @@ class Result:
 def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: Dictionary, model: nn.Module,
                          strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams,
                          compute: Compute = Compute(), separator: int | None = None,
-                         keep: np.ndarray | None = None) -> Result:
+                         named: dict[int, str] | None = None, keep: np.ndarray | None = None) -> Result:
     """Scan `tokens` (whole contexts, consecutive in the packed stream) and their activations
     ``acts[first_row:]``; `strings` is each token id's text, `backend` a Baseline or an LLMBackend,
     `separator` the id of the token that ends each document (tokenizer.separator; None: the token
-    whose text is "<|endoftext|>"), `keep` the tokens that count (None: all; see sampling.scan). The
-    encoding runs on `compute`'s device; the statistics over its output, on the CPU."""
+    whose text is "<|endoftext|>"); `named` maps features to interpret besides the sample to why (e.g.
+    "splitting"); `keep` the tokens that count (None: all; see sampling.scan). The encoding runs on
+    `compute`'s device; the statistics over its output, on the CPU."""
     n_feat, d = sae.d_sae, sae.d_in
     kinds = np.array(["feature"] * n_feat + ["neuron"] * (d if p.neurons else 0))
     index = np.concatenate([np.arange(n_feat), np.arange(d if p.neurons else 0)])
@@ -63,18 +69,31 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
             out = torch.cat([sae.encode_units(x, feats), x[:, neurons.to(compute.device)]], 1)
         return out.float().cpu()
 
-    def choose(active: np.ndarray) -> np.ndarray:
+    chosen_for: dict[int, list[str]] = {}
+
+    def choose(active: np.ndarray, fired: np.ndarray, true_positives: np.ndarray) -> np.ndarray:
         eligible = active.min(0) >= p.min_contexts
         feats = np.flatnonzero(eligible[:n_feat])
         if 0 < p.features < len(feats):
             feats = np.sort(rng.choice(feats, size=p.features, replace=False))
-        return np.concatenate([feats, n_feat + np.flatnonzero(eligible[n_feat:])])
+        for u in np.concatenate([feats, n_feat + np.flatnonzero(eligible[n_feat:])]):
+            chosen_for.setdefault(int(u), []).append("sample")
+        f1 = _proxy_scores(true_positives, fired, labels.sum(0))[2]
+        for name, units in _leaders(f1, n_feat, list(proxies)).items():
+            for u in units.values():
+                chosen_for.setdefault(u, []).append(f"proxy:{name}")
+        for f, why in (named or {}).items():
+            chosen_for.setdefault(int(f), []).append(why)
+        return np.array(sorted(chosen_for), dtype=np.int64)
 
     n_ctx = len(tokens) // ctx
     labels = token_labels(tokens.reshape(n_ctx, ctx), strings, list(proxies.values()))
+    if keep is not None:  # a left-out token is no proxy positive either, as scan counts them (choose's F1 too)
+        labels &= np.asarray(keep[: len(labels)], dtype=bool)[:, None]
     sides, n_docs = context_sides(tokens, ctx, _separator(separator, strings), p)
     s = scan(acts, first_row, tokens, ctx, sides, encode, len(kinds), choose, labels, p, keep)
     ex, units = s.examples, s.interpreted
+    rare = s.active_contexts.min(0) < p.min_contexts  # a named unit may be: it gets examples, not an explanation
     truth10 = quantise(ex.acts, s.max[ex.unit][:, None])
 
     # Logit effects of each interpreted unit's output direction.
@@ -86,23 +105,29 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     # Explain from the training windows; score on the held-out ones in a seeded random order (in rank
     # order, best first, an LLM simulator could score well from the order alone).
     shuffle = np.random.default_rng([p.seed, 2])
-    jobs, heldout = [], []
+    jobs, heldout = {}, []
     for i, u in enumerate(units):
         train, test = (ex.unit == u) & (ex.split == 0), (ex.unit == u) & (ex.split == 1)
+        heldout.append(shuffle.permutation(np.flatnonzero(test)))
+        if rare[u]:
+            continue
         job = {"name": f"{kinds[u]} {index[u]}", "tokens": ex.tokens[train], "before": ex.before[train],
                "acts10": ex.acts[train] / s.max[u] * 10}
         if boosted is not None:
             job["boosted"] = [strings[t] for t in boosted[0][i].tolist()]
             job["suppressed"] = [strings[t] for t in boosted[2][i].tolist()]
-        jobs.append(job)
-        heldout.append(shuffle.permutation(np.flatnonzero(test)))
-    print(f"interpret: explaining {len(units)} units ({(kinds[units] == 'feature').sum()} features) "
+        jobs[i] = job
+    explain = list(jobs)
+    print(f"interpret: explaining {len(explain)} units ({(kinds[units[explain]] == 'feature').sum()} features) "
           f"with the {type(backend).__name__} backend", flush=True)
-    explanations = backend.explain_all(jobs)
-    control_of = _control(units, kinds)
+    explanations: list = [None] * len(units)  # None: too rare to explain
+    for i, e in zip(explain, backend.explain_all(list(jobs.values()))):
+        explanations[i] = e
+    sampled = np.array(["sample" in chosen_for[int(u)] for u in units], dtype=bool)
+    control_of = _control(kinds[units], sampled, rare[units])
     # Simulate each explanation on its own unit's held-out windows, and as the control on another's;
     # a failed explanation (an error message) is simulated nowhere.
-    pairs = [(i, i) for i in range(len(units))] + [(c, i) for i, c in enumerate(control_of)]
+    pairs = [(i, i) for i in explain] + [(control_of[i], i) for i in explain]
     pairs = [(e, i) for e, i in pairs if isinstance(explanations[e], Explanation)]
     sims = dict(zip(pairs, backend.simulate_all(
         [(explanations[e], ex.tokens[heldout[i]], ex.before[heldout[i]]) for e, i in pairs])))
@@ -114,8 +139,11 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     simulated_rows = np.full(ex.acts.shape, np.nan, dtype=np.float32)
     for i, u in enumerate(units):
         r, h = rows[u], heldout[i]
-        r["control_of"] = int(index[units[control_of[i]]])
+        r["chosen_for"] = chosen_for[int(u)]
         expl = explanations[i]
+        if expl is None:
+            continue
+        r["control_of"] = int(index[units[control_of[i]]])
         if not isinstance(expl, Explanation):
             r["explanation_error"] = expl
             continue
@@ -132,7 +160,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
             r[f"score_{name}_pearson"] = pearson(simulated[i][in_group], true[in_group]) if in_group.any() else None
         if isinstance(control[i], np.ndarray):
             r["control_pearson"], r["control_spearman"] = pearson(control[i], true), spearman(control[i], true10)
-    for u in np.flatnonzero(s.active_contexts.min(0) < p.min_contexts):
+    for u in np.flatnonzero(rare):
         rows[u]["explanation_error"] = (f"too rare: {s.active_contexts[0, u]} and {s.active_contexts[1, u]} "
                                         f"activating contexts (explainer, held-out side), under "
                                         f"interpret.min_contexts={p.min_contexts}")
@@ -140,7 +168,11 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     proxy_table, best = _proxies(s, list(proxies), kinds, index)
     features = _features_table(s, kinds, index, rows, best, boosted, strings)
     examples = _examples_table(ex, kinds, index, strings, simulated_rows)
-    metrics = _metrics(features, proxy_table, list(proxies), s, p, p.backend)
+    leaders: dict[str, dict[str, int]] = {}  # as choose picked them
+    for u, why in chosen_for.items():
+        for name in (w.removeprefix("proxy:") for w in why if w.startswith("proxy:")):
+            leaders.setdefault(name, {})[str(kinds[u])] = u
+    metrics = _metrics(features, proxy_table, list(proxies), leaders, s, p, p.backend)
     metrics["split"] = {"documents": n_docs, **{f"{name}_contexts": int((sides == k).sum())
                                                 for k, name in ((0, "explainer"), (1, "heldout"), (-1, "unused"))}}
     return Result(features, examples, proxy_table, metrics)
@@ -199,22 +231,44 @@ def _fuzz_set(truth10: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray
     return rows, marked, right
 
 
-def _control(units: np.ndarray, kinds: np.ndarray) -> list[int]:
-    """For each unit, another unit of its kind whose explanation serves as a chance-level control."""
-    out = list(range(len(units)))
+def _control(kinds: np.ndarray, sampled: np.ndarray, rare: np.ndarray) -> list[int]:
+    """For each interpreted unit (`kinds`, `sampled`, `rare`: theirs), another of its kind whose explanation
+    serves as a chance-level control: the sample's in a cycle (a random sample: never itself, and the same
+    whichever units are named), a named unit's from the sample."""
+    out = list(range(len(kinds)))
     for kind in ("feature", "neuron"):
-        idx = [i for i, u in enumerate(units) if kinds[u] == kind]
-        for a, b in zip(idx, idx[1:] + idx[:1]):  # a cyclic shift of a random sample: never itself
+        pool = [i for i in range(len(kinds)) if kinds[i] == kind and sampled[i]]
+        for a, b in zip(pool, pool[1:] + pool[:1]):
             out[a] = b
+        named = [i for i in range(len(kinds)) if kinds[i] == kind and not sampled[i] and not rare[i]]
+        for j, a in enumerate(named):
+            out[a] = pool[j % len(pool)] if pool else named[(j + 1) % len(named)]
+    return out
+
+
+def _proxy_scores(tp: np.ndarray, fired: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Precision, recall and F1 ``[units, proxies]`` of "the unit fires" (activation > 0) against each proxy's
+    tokens, from the tokens where both hold (`tp`), where the unit fires and where the proxy holds."""
+    fired, positives = np.asarray(fired, dtype=np.float64)[:, None], np.asarray(positives)[None, :]
+    precision = np.divide(tp, fired, out=np.zeros_like(tp), where=fired > 0)
+    recall = np.divide(tp, positives, out=np.zeros_like(tp), where=positives > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    return precision, recall, f1
+
+
+def _leaders(f1: np.ndarray, n_feat: int, names: list[str]) -> dict[str, dict[str, int]]:
+    """Per proxy, the feature and the neuron (unit numbers) with the highest F1, where it is above 0."""
+    out: dict[str, dict[str, int]] = {}
+    for j, name in enumerate(names):
+        for kind, lo, hi in (("feature", 0, n_feat), ("neuron", n_feat, len(f1))):
+            if hi > lo and f1[lo:hi, j].max() > 0:
+                out.setdefault(name, {})[kind] = lo + int(f1[lo:hi, j].argmax())
     return out
 
 
 def _proxies(s: Scan, names: list[str], kinds, index) -> tuple[pl.DataFrame, dict]:
-    """Precision, recall and F1 of "the unit fires" (activation > 0) against each proxy's tokens."""
-    tp, fired, positives = s.true_positives, (s.density * s.n_tokens)[:, None], s.label_counts[None, :]
-    precision = np.divide(tp, fired, out=np.zeros_like(tp), where=fired > 0)
-    recall = np.divide(tp, positives, out=np.zeros_like(tp), where=positives > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    """Each unit's precision, recall and F1 for each proxy, and its best proxy."""
+    precision, recall, f1 = _proxy_scores(s.true_positives, s.density * s.n_tokens, s.label_counts)
     table = pl.DataFrame({
         "kind": np.repeat(kinds, len(names)), "index": np.repeat(index, len(names)),
         "proxy": pl.Series(np.tile(np.array(names, dtype=object), len(kinds)), dtype=pl.String),
@@ -254,6 +308,7 @@ def _features_table(s: Scan, kinds, index, rows: dict, best: dict, boosted, stri
     data = {
         "kind": kinds, "index": index, "density": s.density, "max_activation": s.max.astype(np.float64),
         "mean_activation": s.mean, "interpreted": slot >= 0,
+        "chosen_for": pl.Series([rows[u].get("chosen_for", []) for u in range(n)], dtype=pl.List(pl.String)),
         **{c: pl.Series([(rows[u] | best.get(u, {})).get(c) for u in range(n)], dtype=t) for c, t in _COLUMNS.items()},
         "hist_counts": [s.histograms[slot[u]].tolist() if slot[u] >= 0 else [] for u in range(n)],
         "logit_boost_tokens": effects(0, True), "logit_boost_values": effects(1, False),
@@ -281,16 +336,18 @@ def _examples_table(ex, kinds, index, strings, simulated) -> pl.DataFrame:
                          "acts": pl.List(pl.Float64)})
 
 
-def _metrics(features: pl.DataFrame, proxies: pl.DataFrame, names: list[str], s: Scan, p: InterpretParams,
-             backend: str) -> dict:
+def _metrics(features: pl.DataFrame, proxies: pl.DataFrame, names: list[str], leaders: dict[str, dict[str, int]],
+             s: Scan, p: InterpretParams, backend: str) -> dict:
+    """Scores over the random sample only; `leaders`: each proxy's best unit per kind, as choose picked them."""
     out: dict[str, Any] = {"backend": backend, "n_tokens": s.n_tokens}
     scored = {}
     for kind in ("feature", "neuron"):
-        rows = features.filter((pl.col("kind") == kind) & pl.col("interpreted"))
+        mine = features.filter(pl.col("kind") == kind)
+        rows = mine.filter(pl.col("chosen_for").list.contains("sample"))
         pearsons = rows["score_pearson"].drop_nulls().to_numpy()
         scored[kind] = pearsons
         out[kind + "s"] = {
-            "interpreted": rows.height, "scored": len(pearsons),
+            "interpreted": mine.filter(pl.col("interpreted")).height, "sampled": rows.height, "scored": len(pearsons),
             "failed": rows.filter(pl.col("explanation_error").is_not_null()).height,
             "too_rare": int(((s.active_contexts.min(0) < p.min_contexts)
                              & (features["kind"] == kind).to_numpy()).sum()),
@@ -305,11 +362,9 @@ def _metrics(features: pl.DataFrame, proxies: pl.DataFrame, names: list[str], s:
     out["proxies"] = {}
     for name, positives in zip(names, s.label_counts):
         entry = {"positive_tokens": int(positives)}
-        for kind in ("feature", "neuron"):
-            rows = proxies.filter((pl.col("proxy") == name) & (pl.col("kind") == kind)).sort("f1", descending=True)
-            if rows.height:
-                top = rows.row(0, named=True)
-                entry |= {kind: top["index"], f"{kind}_f1": top["f1"], f"{kind}_precision": top["precision"],
-                          f"{kind}_recall": top["recall"]}
+        for kind, unit in leaders.get(name, {}).items():
+            top = proxies.row(unit * len(names) + names.index(name), named=True)  # a row per unit and proxy
+            entry |= {kind: top["index"], f"{kind}_f1": top["f1"], f"{kind}_precision": top["precision"],
+                      f"{kind}_recall": top["recall"]}
         out["proxies"][name] = entry
     return out

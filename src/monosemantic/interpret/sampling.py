@@ -100,12 +100,13 @@ def context_sides(tokens: np.ndarray, ctx: int, separator: int, p: InterpretPara
 
 def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
          encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], n_units: int,
-         choose: Callable[[np.ndarray], np.ndarray], labels: np.ndarray, p: InterpretParams,
-         keep: np.ndarray | None = None) -> Scan:
+         choose: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], labels: np.ndarray,
+         p: InterpretParams, keep: np.ndarray | None = None) -> Scan:
     """`tokens` (whole contexts) and their activations ``acts[first_row:]`` (zarr or numpy); `sides` each
     context's side (context_sides); `encode(x, units)` maps a float32 batch of rows to the activations of
-    `units` (None: all ``n_units``); `choose(active_contexts)` picks the units to sample examples for;
-    `labels` are the proxy labels of every token; `keep` which tokens count (None: all)."""
+    `units` (None: all ``n_units``); `choose(active_contexts, fired_tokens, true_positives)` picks the units to
+    sample examples for, from pass 1's counts; `labels` are the proxy labels of every token; `keep` which
+    tokens count (None: all)."""
     n_ctx = len(tokens) // ctx
     if n_ctx == 0:
         raise ValueError("no complete context to scan")
@@ -138,7 +139,7 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
             best[s].add(torch.where(fires, cmax, -torch.inf), c0, a3)
 
     peak_np, active_np = peak.numpy(), active.numpy()
-    units = np.asarray(choose(active_np), dtype=np.int64)
+    units = np.asarray(choose(active_np, count.numpy(), true_pos.numpy()), dtype=np.int64)
     fixed, used = _fixed_examples(units, best, peak_np, tokens, ctx, sides, p, keep)
     width = min(p.window_before + p.window_after + 1, ctx)
     fixed_start = np.clip(fixed["pos"] - p.window_before, 0, ctx - width)

@@ -32,7 +32,7 @@ from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
 from monosemantic.report import svg
 from monosemantic.report.summary import (COLUMNS, best_proxies, cell, compare_architectures, frontier_cell,
                                          interp_columns, row, scored)
-from monosemantic.report.units import Interpretation, Nearest, number
+from monosemantic.report.units import Interpretation, Nearest, number, page_path
 
 PAGES = "pages"
 ASSETS = ("site.css", "site.js", "unit.js")
@@ -145,7 +145,9 @@ def _dictionary_context(d: Dictionary, data: Interpretation | None) -> dict[str,
         ctx["scores"] = svg.distributions(series, lo, 1.0, round((1 - lo) / 0.05), "simulation score (Pearson r)",
                                           f"interpretability scores, {d.name}: features vs neurons")
         ctx["stats"] = [_stats(name, values, (d.interp or {}).get(name)) for name, values in series.items()]
-        ctx["proxies"] = best_proxies(d.interp or {})
+        ctx["proxies"] = [(proxy, feature, f1, page_path(d.name, "feature", feature)
+                           if ("feature", feature) in data.pages else None)
+                          for proxy, feature, f1 in best_proxies(d.interp or {})]
         ctx["pages"] = len(data.pages)
     return ctx
 

@@ -171,7 +171,7 @@ def splitting_markdown(splitting: dict | None, families: list[dict] | None) -> l
         for arch in dict.fromkeys(f.get("architecture", "standard") for f in splits):
             for f in [f for f in splits if f.get("architecture", "standard") == arch][:3]:
                 grown = " → ".join(f"{len(c['features'])} in {size}" for size, c in f["children"].items())
-                lines.append(f"- {arch}: feature {f['feature']} of {f['dict_size']} → {grown}")
+                lines.append(f"- {arch}: {unit('feature', f['feature'], dictionary_name(arch, f['dict_size']))} → {grown}")
     return lines
 
 
@@ -215,11 +215,17 @@ def interpretability_markdown(interp: dict[str, dict], dictionaries: list[dict] 
         verdict = ("Features score higher than neurons in every dictionary (as in the paper)." if all(higher) else
                    "Features do not score higher than neurons in every dictionary (the paper finds they do).")
         lines += ["", verdict]
-    proxies = [f"`{proxy}` best F1 {cell('{:.2f}', f1)} (feature {feature} of {n})"
+    proxies = [f"`{proxy}` best F1 {cell('{:.2f}', f1)} ({unit('feature', feature, n)})" if feature is not None
+               else f"`{proxy}`: no feature of {n} fires on its tokens"
                for n in names for proxy, feature, f1 in best_proxies(interp[n])]
     if proxies:
         lines += ["", "Hypothesis proxies: " + "; ".join(proxies) + "."]
     return lines
+
+
+def unit(kind: str, index: int, dictionary: str) -> str:
+    """How the summary names a unit; interpret gives each one it names a page (reports/pages/<dictionary>/)."""
+    return f"{kind} {index} of {dictionary}"
 
 
 def scored(group: dict) -> int | None:

@@ -19,6 +19,7 @@ from monosemantic.params import dictionary_name
 from monosemantic.report import svg, tokens
 
 GROUP_ORDER = {"top": 0, "interval": 1, "random": 2, "token": 3}
+_REASONS = {"sample": "the random sample", "splitting": "a splitting family"}  # and proxy:<name>
 Key = tuple[str, int]                # (kind, index) of a unit
 Loc = tuple[str, int, int]           # (architecture, size, feature) of a feature
 
@@ -52,10 +53,14 @@ class Interpretation:
         self.pages = {(k, i) for k, i in zip(interpreted["kind"], interpreted["index"])}
 
     def scores(self, kind: str) -> list[float]:
-        return [v for v in self.units.filter(pl.col("kind") == kind)["score_pearson"].to_list() if number(v) is not None]
+        """The random sample's scores (as interp.json's means): the named units were picked for being good at something."""
+        return [v for v in self._sample().filter(pl.col("kind") == kind)["score_pearson"].to_list() if number(v) is not None]
 
     def controls(self) -> list[float]:
-        return [v for v in self.units["control_pearson"].to_list() if number(v) is not None]
+        return [v for v in self._sample()["control_pearson"].to_list() if number(v) is not None]
+
+    def _sample(self) -> pl.DataFrame:
+        return self.units.filter(pl.col("chosen_for").list.contains("sample"))
 
     def table_rows(self, order: int) -> list[list]:
         """The index table's rows (columns as site.TABLE_COLUMNS), every unit of the dictionary;
@@ -73,6 +78,7 @@ class Interpretation:
         for row in self.units.filter(pl.col("interpreted")).iter_rows(named=True):
             key = (row["kind"], row["index"])
             yield {**row, "name": self.name, "architecture": self.architecture, "size": self.size,
+                   "chosen_for": [_REASONS.get(w, w.replace("proxy:", "best for proxy ")) for w in row["chosen_for"]],
                    "path": page_path(self.name, *key),
                    "histogram": _histogram(row), "groups": self._groups(key, row["max_activation"]),
                    "boost": _logits(row["logit_boost_tokens"], row["logit_boost_values"]),
