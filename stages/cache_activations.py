@@ -22,11 +22,13 @@ import torch
 
 from monosemantic import storage
 from monosemantic.activations import Layout, cache_activations
+from monosemantic.activations.exclude import exclusion
 from monosemantic.errors import UserError
 from monosemantic.provenance import atomic_output, write_record
 from monosemantic.resources import check_memory
 from monosemantic.model import load_model, model_config
 from monosemantic.model.hooks import capture
+from monosemantic.tokenizer import load_tokenizer, special_token_ids
 from monosemantic.tokens import read_tokens
 from stages._stage import run_stage
 
@@ -38,6 +40,7 @@ def main() -> None:
         p, hook = s.section, s.params.model.hook
         s.input("tokens", "data/tokens.zarr")
         s.input("model", "models/transformer")
+        s.input("tokenizer", "data/tokenizer.json")  # its special tokens, for activations.exclude
         store = read_tokens("data/tokens.zarr")
         model, compute = load_model("models/transformer").to(s.compute.device), s.compute
         n_train = min(store.n_train, p.max_train_tokens // store.ctx)
@@ -62,10 +65,13 @@ def main() -> None:
             "splits": {"train": [0, train_tokens], "eval": [train_tokens, len(rows) * store.ctx]},
             "provenance": s.record(hook=hook),
         }
-        layout = Layout(store.ctx, p.chunk_seqs, p.shard_chunks, p.compressor, p.clevel)
+        layout = Layout(store.ctx, p.chunk_seqs, p.shard_chunks, p.compressor, p.clevel, p.dtype)
+        e = p.exclude
+        exclude = exclusion(e.special_tokens, e.norm_factor, e.median_tokens, s.params.model.source,
+                            special_token_ids(load_tokenizer("data/tokenizer.json")))
         target = storage.location(p.store)
         stats = cache_activations(acts, store.tokens, rows, target, d, layout, p.batch_seqs, attrs,
-                                  s.fingerprint(hook, compute.precision), compute=compute)
+                                  s.fingerprint(hook, compute.precision), compute=compute, exclude=exclude)
         if not compute.is_main:
             return
         stats.pop("complete")
@@ -76,6 +82,10 @@ def main() -> None:
                 write_record(tmp, {**attrs["provenance"], "store": target.url})
             print(f"cache_activations: {target.url} written; its manifest is {OUT / storage.MANIFEST}")
         s.metrics("metrics/activations.json", stats)
+        x = stats["excluded"]
+        print(f"cache_activations: {x['tokens']:,} of {stats['tokens']:,} positions left out of SAE training, "
+              f"evaluation and interpretation ({x['special_tokens']:,} special tokens, {x['norm_outliers']:,} "
+              "norm outliers)")
 
 
 if __name__ == "__main__":

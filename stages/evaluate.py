@@ -30,10 +30,15 @@ def main(arg: str) -> None:
             raise UserError(f"evaluate.max_tokens={p.max_tokens} is less than one context of {ctx} tokens")
         # The cache holds eval contexts whole and in order, so its token ids rebuild them.
         contexts = np.asarray(store.group["tokens"][start : start + n_seq * ctx]).reshape(n_seq, ctx)
-        mean = random_rows(store.acts, t0, t1, p.mean_ablation_samples, torch.Generator().manual_seed(p.seed)).mean(0)
+        keep = None if store.keep is None else np.asarray(store.keep[start : start + n_seq * ctx]).reshape(n_seq, ctx)
+        if keep is not None and not keep.any():
+            raise UserError(f"activations.exclude left out every one of the {n_seq * ctx} evaluated positions: "
+                            "relax it (or raise evaluate.max_tokens)")
+        mean = random_rows(store.acts, t0, t1, p.mean_ablation_samples, torch.Generator().manual_seed(p.seed),
+                           store.keep).mean(0)
         device = s.compute.device
         metrics, histogram = evaluate_sae(model.to(device), hook, sae.to(device), contexts, mean, p.batch_seqs,
-                                          p.ultralow_density, p.dense_density, p.histogram_bins, s.compute)
+                                          p.ultralow_density, p.dense_density, p.histogram_bins, s.compute, keep)
         s.plot(f"plots/density/{name}.csv", histogram)
         s.metrics(f"metrics/sae/{name}/eval.json", {"dict_size": size, **metrics})
 

@@ -45,15 +45,17 @@ def main(arg: str) -> None:
         backend = (Baseline(strings) if p.backend == "baseline"
                    else LLMBackend(ChatClient(p.openai, key), strings))
         separator = tok.token_to_id(s.params.tokenizer.separator)  # documents end here: the explainer / held-out split
+        keep = None if store.keep is None else np.asarray(store.keep[t0 : t0 + n])  # activations.exclude
         result = interpret_dictionary(store.acts, t0, tokens, ctx, sae, model, strings, proxies, backend, p, s.compute,
-                                      separator=separator, named=named)
+                                      separator=separator, named=named, keep=keep)
         out = Path(f"reports/features/{name}")
         with atomic_output(out) as tmp:
             result.features.write_parquet(tmp / "features.parquet")
             result.examples.write_parquet(tmp / "examples.parquet")
             result.proxies.write_parquet(tmp / "proxies.parquet")
             write_record(tmp, s.record(dictionary=name, dict_size=size, n_tokens=n))
-        s.metrics(f"metrics/sae/{name}/interp.json", {"dict_size": size, **result.metrics})
+        s.metrics(f"metrics/sae/{name}/interp.json", {"dict_size": size, **result.metrics,
+                                                       "n_excluded_tokens": 0 if keep is None else int((~keep).sum())})
         s.run.log_artifact(out / "features.parquet")
         f, n_ = result.metrics["features"], result.metrics["neurons"]
         print(f"interpret@{name}: features {f.get('mean_pearson', float('nan')):.3f} vs neurons "

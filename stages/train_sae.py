@@ -21,17 +21,18 @@ def main(arg: str) -> None:
         d, p = s.dictionary, s.section
         s.input("activations", "data/activations.zarr")
         store = open_store("data/activations.zarr")
-        acts, (start, stop) = store.acts, store.splits["train"]
+        acts, keep, (start, stop) = store.acts, store.keep, store.splits["train"]
         check_memory(s.params, acts.shape[1])  # the real width, for a Hugging Face model too
-        if stop - start < p.batch_size:
-            raise UserError(f"{stop - start} training activations cannot fill one batch of sae.train.batch_size={p.batch_size}")
+        n_train = stop - start - store.excluded.get("train", 0)  # positions left out by activations.exclude
+        if n_train < p.batch_size:
+            raise UserError(f"{n_train} training activations cannot fill one batch of sae.train.batch_size={p.batch_size}")
 
         def global_batches(position: int):
             return batches(acts, start, stop, p.batch_size, p.seed, p.window_chunks, position, p.reader_lanes,
-                           s.compute.rank, s.compute.world_size)
+                           s.compute.rank, s.compute.world_size, keep)
 
         def sample_inputs(n: int, gen: torch.Generator) -> torch.Tensor:
-            return random_rows(acts, start, stop, n, gen)
+            return random_rows(acts, start, stop, n, gen, keep)
 
         cfg, options = TrainConfig.from_params(s.params.sae, d.architecture), s.params.sae.options(d.architecture)
         torch.manual_seed(p.seed)

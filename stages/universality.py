@@ -49,7 +49,10 @@ def main(arg: str) -> None:
 
         model_b, fingerprint = _train_model_b(s, model_a, tokens, work)
         acts_b, fingerprint = _cache_activations_b(s, model_b, tokens, acts, work, fingerprint)
-        sae_b, state = _train_sae_b(s, acts_b, size, work, fingerprint)
+        # SAE B trains on the positions SAE A trained on: model B's rows are A's training rows, in order.
+        t0, t1 = acts.splits["train"]
+        keep = None if acts.keep is None else np.asarray(acts.keep[t0:t1])
+        sae_b, state = _train_sae_b(s, acts_b, size, work, fingerprint, keep)
 
         # Held-out contexts (the paper does not say which tokens it correlates on).
         contexts = tokens.tokens[tokens.n_train : tokens.n_train + n_seq]
@@ -127,22 +130,23 @@ def _cache_activations_b(s: Stage, model_b: Transformer, tokens: TokenStore, act
                 return capture(on_device, hook, compute.to_device(t)).cpu()
 
         cache_activations(acts, tokens.tokens, rows, out, acts_a.acts.shape[1],
-                          Layout(ctx, p.chunk_seqs, p.shard_chunks, p.compressor, p.clevel), p.batch_seqs,
+                          Layout(ctx, p.chunk_seqs, p.shard_chunks, p.compressor, p.clevel, p.dtype), p.batch_seqs,
                           attrs, fingerprint)
         model_b.cpu()
     return open_store(out).acts, fingerprint
 
 
 def _train_sae_b(s: Stage, acts: VerifiedArray, size: int, work: Path, acts_fingerprint: str,
-                 ) -> tuple[Standard, State]:
+                 keep: np.ndarray | None) -> tuple[Standard, State]:
     """SAE B: the same size and sae.train as SAE A, on model B's activations."""
     p, n = s.params.sae.train, acts.shape[0]
     cfg = TrainConfig.from_params(s.params.sae, "standard")
     torch.manual_seed(p.seed)
     sae = Standard(acts.shape[1], size, **s.params.sae.options("standard")).to(s.compute.device)
     state = train_sae(
-        sae, lambda position: batches(acts, 0, n, p.batch_size, p.seed, p.window_chunks, position, p.reader_lanes),
-        lambda k, gen: random_rows(acts, 0, n, k, gen), cfg, work / "sae.pt",
+        sae, lambda position: batches(acts, 0, n, p.batch_size, p.seed, p.window_chunks, position, p.reader_lanes,
+                                      keep=keep),
+        lambda k, gen: random_rows(acts, 0, n, k, gen, keep), cfg, work / "sae.pt",
         s.fingerprint("sae_b", acts_fingerprint, size, p.model_dump(mode="json"),
                       s.params.sae.standard.model_dump(mode="json")),
         lambda step, m: s.run.log_metrics({f"sae_b.{k}": v for k, v in m.items()}, step), s.compute,

@@ -63,7 +63,7 @@ def test_zarr_token_source_and_file_count(tmp_path):
     layout = Layout(8, chunk_seqs=4, shard_chunks=5)
     stats = run(tmp_path / "a.zarr", src, np.arange(300), layout)
     n_shards = -(-300 // layout.shard_seqs)
-    assert stats["files"] == 4 * n_shards + 5  # one file per shard per array + zarr.json files
+    assert stats["files"] == 5 * n_shards + 6  # one file per shard per array + zarr.json files
     assert (open_store(tmp_path / "a.zarr").group["tokens"][:] == tokens.ravel()).all()
 
 
@@ -142,7 +142,11 @@ def test_resumed_run_reports_the_mean_norm_of_an_uninterrupted_one(tmp_path):
     assert resumed["mean_norm"] == full["mean_norm"]  # to the last digit
 
 
-@pytest.mark.parametrize("value, message", [(float("nan"), "non-finite"), (1e5, "float16")])
+@pytest.mark.parametrize("value, message", [
+    (float("nan"), "activations at hook 'mlp.act' hold 1 non-finite values"),
+    (1e5, r"activation at hook 'mlp.act' is 1e\+05, beyond float16's range \(65504\).*set activations.dtype: "
+          r"bfloat16 .* or float32"),
+])
 def test_the_writer_refuses_what_float16_cannot_hold(tmp_path, value, message):
     def bad(t):
         out = fake_acts(t)
@@ -188,9 +192,10 @@ def test_our_shard_files_are_the_bytes_zarr_python_writes(tmp_path, compressor, 
     acts = fake_acts(torch.from_numpy(tokens).long()).reshape(-1, D).half().numpy()
     reference["acts"][:] = acts
     reference["tokens"][:] = tokens.ravel()
+    reference["keep"][:] = np.ones(n_seq * 4, dtype=bool)
     ours_files, ref_files = _files(ours), _files(tmp_path / "ref.zarr")
     shards = [k for k in ref_files if k.name != "zarr.json"]
-    assert shards and all(ours_files[k] == ref_files[k] for k in shards if k.parts[0] in ("acts", "tokens"))
+    assert shards and all(ours_files[k] == ref_files[k] for k in shards if k.parts[0] in ("acts", "tokens", "keep"))
     assert (open_store(ours).acts[:] == acts).all()
 
 
@@ -200,6 +205,87 @@ def test_rank_0_waiting_for_shards_that_never_come_ends_in_an_error(tmp_path):
 
     progress = _Progress(tmp_path / "a.zarr")
     progress.reset()
-    progress.add(0, 1.0)
+    progress.add(0, 1.0, {})
     with pytest.raises(UserError, match=r"still missing: \[1, 2\]"):
         _wait_for(progress, 3, True, stall_s=0.5, poll_s=0.05)
+
+
+# ---------------------------------------------------------------- left-out positions and the store's dtype
+def sinks(tokens: torch.Tensor) -> torch.Tensor:
+    """fake_acts with an attention sink: position 0 of every context has 100 times the norm."""
+    out = fake_acts(tokens) + 0.1
+    out[:, 0] *= 100
+    return out
+
+
+def test_special_tokens_and_norm_outliers_are_left_out_and_counted(tmp_path):
+    from monosemantic.activations.exclude import Exclusion
+
+    ctx, n_seq, special = 6, 40, (3, 7)
+    tokens = token_rows(n_seq, ctx) % 50
+    splits = {"train": [0, 30 * ctx], "eval": [30 * ctx, n_seq * ctx]}
+    stats = cache_activations(sinks, tokens, np.arange(n_seq), tmp_path / "a.zarr", D, Layout(ctx, 2, 3), 3,
+                              {"splits": splits}, "fp", exclude=Exclusion(special, norm_factor=10.0, median_tokens=60))
+    store = open_store(tmp_path / "a.zarr")
+    flat = tokens.ravel()
+    is_special, is_sink = np.isin(flat, special), np.arange(len(flat)) % ctx == 0
+    assert is_special.sum() > 0
+    np.testing.assert_array_equal(store.keep[:], ~(is_special | is_sink))
+    expected = {"tokens": int((is_special | is_sink).sum()), "special_tokens": int(is_special.sum()),
+                "norm_outliers": n_seq, "train": int((is_special | is_sink)[: 30 * ctx].sum()),
+                "eval": int((is_special | is_sink)[30 * ctx :].sum())}
+    assert store.excluded == expected and {k: stats["excluded"][k] for k in expected} == expected
+    rule = store.group.attrs["exclude"]
+    norms = np.linalg.norm(sinks(torch.from_numpy(tokens[:10]).long()).half().float().numpy(), axis=-1).ravel()
+    assert rule["median_norm"] == stats["excluded"]["median_norm"] == pytest.approx(
+        np.median(norms[~np.isin(tokens[:10].ravel(), special)]), rel=1e-6)  # the first 60 tokens'
+    assert rule["special_token_ids"] == list(special) and rule["norm_factor"] == 10.0
+
+
+def test_a_store_that_leaves_nothing_out_has_no_keep_to_read(tmp_path):
+    stats = run(tmp_path / "a.zarr", token_rows(8, 4), np.arange(8), Layout(4, 2, 2))
+    store = open_store(tmp_path / "a.zarr")
+    assert store.keep is None and store.group["keep"][:].all()
+    assert stats["excluded"] == {"tokens": 0, "special_tokens": 0, "norm_outliers": 0, "median_norm": None}
+
+
+def test_a_resumed_run_leaves_out_the_same_positions(tmp_path):
+    from monosemantic.activations.exclude import Exclusion
+
+    tokens, rows, layout = token_rows(60, 6) % 50, np.arange(60), Layout(6, 3, 2)
+    rule = Exclusion((3,), norm_factor=10.0, median_tokens=100)
+    full = cache_activations(sinks, tokens, rows, tmp_path / "full.zarr", D, layout, 3, {"splits": {}}, "fp",
+                             exclude=rule)
+    cache_activations(sinks, tokens, rows, tmp_path / "resumed.zarr", D, layout, 3, {"splits": {}}, "fp",
+                      stop_after_shards=3, exclude=rule)
+    resumed = cache_activations(sinks, tokens, rows, tmp_path / "resumed.zarr", D, layout, 3, {"splits": {}}, "fp",
+                                exclude=rule)
+    assert resumed["excluded"] == full["excluded"] and full["excluded"]["norm_outliers"] == 60
+    assert _files(tmp_path / "full.zarr") == _files(tmp_path / "resumed.zarr")
+
+
+def test_a_zero_median_norm_is_a_clear_error(tmp_path):
+    from monosemantic.activations.exclude import Exclusion
+
+    with pytest.raises(UserError, match="median activation norm .* is 0.0.*activations.exclude.norm_factor"):
+        cache_activations(lambda t: torch.zeros(*t.shape, D), token_rows(8, 4), np.arange(8), tmp_path / "a.zarr", D,
+                          Layout(4, 2, 2), 3, {"splits": {}}, "fp", exclude=Exclusion(norm_factor=10.0))
+
+
+@pytest.mark.parametrize("dtype, zarr_dtype, rtol", [("float32", np.float32, 0), ("bfloat16", np.uint16, 2**-8)])
+def test_float32_and_bfloat16_stores_hold_what_float16_cannot(tmp_path, dtype, zarr_dtype, rtol):
+    def big(t):
+        return fake_acts(t) * 1e5 + 1  # far beyond float16's 65504
+
+    tokens = token_rows(12, 4)
+    stats = cache_activations(big, tokens, np.arange(12), tmp_path / "a.zarr", D, Layout(4, 2, 2, dtype=dtype), 3,
+                              {"splits": {}, "hook": "mlp.act"}, "fp")
+    store = open_store(tmp_path / "a.zarr")
+    assert store.group["acts"].dtype == zarr_dtype and store.group["acts"].attrs["dtype"] == dtype
+    got = store.acts[:]
+    assert got.dtype == np.float32 and store.acts.dtype == np.float32
+    expected = big(torch.from_numpy(tokens).long()).reshape(-1, D).numpy()
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=0)
+    if dtype == "bfloat16":  # round to nearest: exactly torch's bfloat16
+        np.testing.assert_array_equal(got, torch.from_numpy(expected).bfloat16().float().numpy())
+    assert stats["acts_bytes_raw"] == 12 * 4 * D * np.dtype(zarr_dtype).itemsize and stats["dtype"] == dtype

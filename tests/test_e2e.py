@@ -53,6 +53,7 @@ def test_activation_store_is_aligned_with_tokens_and_model(repo):
     assert files < 500
     stats = json.loads((repo / "metrics/activations.json").read_text())
     assert stats["tokens"] == 48000 and stats["compression_ratio"] > 1 and stats["mean_norm"] > 0
+    assert stats["excluded"]["tokens"] == 0 and acts["keep"][:].all()  # the built-in model's defaults: every position
 
 
 def test_subject_model_learned(repo):
@@ -148,8 +149,19 @@ def test_hf_model_source(repo, tmp_path):
     acts = zarr.open_group(work / "data/activations.zarr", mode="r")
     assert acts["acts"].shape == (48000, 4 * 48) and acts.attrs["hook"] == "transformer.h.0.mlp.act"
     assert acts.attrs["model_config"]["model_type"] == "gpt2"
+    # activations.exclude's defaults for a Hugging Face model: its special tokens (here the separator) and
+    # positions above 10 x the median norm are left out, counted per rule, and evaluation skips them.
+    rule, keep, tok = acts.attrs["exclude"], acts["keep"][:], acts["tokens"][:]
+    separator = zarr.open_group(work / "data/tokens.zarr", mode="r").attrs["separator_id"]
+    assert rule["special_token_ids"] == [separator] and rule["norm_factor"] == 10 and rule["median_norm"] > 0
+    assert not keep[tok == separator].any()
+    stats = json.loads((work / "metrics/activations.json").read_text())["excluded"]
+    assert stats["special_tokens"] == (tok == separator).sum() > 0 and stats["tokens"] == (~keep).sum()
+    eval_start = acts.attrs["splits"]["eval"][0]
     ev = json.loads((work / "metrics/sae/standard-128/eval.json").read_text())
-    assert ev["loss_original"] > 0 and np.isfinite(ev["kl_divergence"]) and ev["n_eval_tokens"] == 8000
+    assert ev["loss_original"] > 0 and np.isfinite(ev["kl_divergence"])
+    assert ev["n_excluded_tokens"] == stats["eval"] == (~keep[eval_start:]).sum() > 0
+    assert ev["n_eval_tokens"] == 8000 - ev["n_excluded_tokens"]
 
 
 def kill_once_checkpointed(work: Path, stage_args: list[str], ckpt: Path) -> None:

@@ -130,6 +130,27 @@ def test_ablation_losses_match_an_edited_model(model_and_contexts):
         assert m["loss_mean_ablation"] == pytest.approx(_loss(meaned(tokens), tokens), rel=1e-5)
 
 
+def test_excluded_positions_are_not_spliced_and_not_counted(model_and_contexts):
+    """Positions the cache left out keep their activation in every intervention and count in no statistic."""
+    from monosemantic.model.hooks import capture
+
+    model, contexts = model_and_contexts
+    keep = np.random.default_rng(3).random(contexts.shape) < 0.6
+    tokens, kept = torch.from_numpy(contexts).long(), torch.from_numpy(keep)
+    x = capture(model, "mlp.act", tokens)[kept]
+    m, _ = evaluate_sae(model, "mlp.act", zero_sae(32), contexts, torch.zeros(32), batch_seqs=4, keep=keep)
+    assert (m["n_eval_tokens"], m["n_excluded_tokens"]) == (keep.sum(), (~keep).sum())
+    assert m["mse"] == pytest.approx(float(x.pow(2).mean()), rel=1e-5)
+    assert m["l0"] == pytest.approx(float((x != 0).sum(1).float().mean()), rel=1e-6)  # f = [relu(x), relu(-x)]
+    with torch.no_grad(), splice(model, "mlp.act", lambda a: torch.where(kept[..., None], 0, a)):
+        zeroed_where_kept = _loss(logits(model, tokens), tokens)
+    for key in ("loss_reconstructed", "loss_zero_ablation", "loss_mean_ablation"):  # the same intervention
+        assert m[key] == pytest.approx(zeroed_where_kept, rel=1e-5)
+    everywhere, _ = evaluate_sae(model, "mlp.act", zero_sae(32), contexts, torch.zeros(32), batch_seqs=4)
+    assert everywhere["loss_zero_ablation"] > m["loss_zero_ablation"] + 1e-3
+    assert everywhere["n_eval_tokens"] == contexts.size and everywhere["n_excluded_tokens"] == 0
+
+
 def test_splice_is_removed_afterwards_and_works_on_hugging_face_models(tmp_path):
     model = tiny_gpt2(tmp_path)  # GELU activations can be negative: the identity SAE handles both signs
     contexts = np.random.default_rng(1).integers(0, 97, (6, 16)).astype(np.int32)

@@ -151,8 +151,9 @@ def _interval(cmax, peak, n):
 
 @settings(max_examples=25, deadline=None)
 @given(n_ctx=st.integers(4, 30), ctx=st.integers(6, 16), d=st.integers(1, 6), density=st.floats(0.05, 0.9),
-       batch=st.integers(6, 200), seed=st.integers(0, 1000))
-def test_scan_statistics_and_windows_match_brute_force(n_ctx, ctx, d, density, batch, seed):
+       batch=st.integers(6, 200), seed=st.integers(0, 1000), dropped=st.sampled_from([0.0, 0.3]))
+def test_scan_statistics_and_windows_match_brute_force(n_ctx, ctx, d, density, batch, seed, dropped):
+    """With positions left out by the cache (`keep`), the same holds with their activations absent."""
     rng = np.random.default_rng(seed)
     acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < density)).astype(np.float16)
     tokens = rng.integers(0, 30, n_ctx * ctx).astype(np.int32)
@@ -160,16 +161,21 @@ def test_scan_statistics_and_windows_match_brute_force(n_ctx, ctx, d, density, b
     sides = rng.integers(-1, 2, n_ctx).astype(np.int8)
     pad = np.zeros((7, d), dtype=np.float16)  # rows before the scanned ones: read from first_row on
     p = _params(batch_tokens=batch, seed=seed)
+    keep = rng.random(n_ctx * ctx) >= dropped
     s = scan(np.concatenate([pad, acts]), 7, tokens, ctx, sides, _identity, d,
-             lambda active, *_: np.flatnonzero(active.min(0) >= 1), labels, p)
-    a = acts.astype(np.float32)
-    np.testing.assert_allclose(s.density, (a > 0).mean(0))
+             lambda active, *_: np.flatnonzero(active.min(0) >= 1), labels, p, keep if dropped else None)
+    a = np.where(keep[:, None], acts.astype(np.float32), 0)
+    assert s.n_tokens == keep.sum()
+    np.testing.assert_allclose(s.density, (a > 0).sum(0) / keep.sum())
     np.testing.assert_allclose(s.max, a.max(0))
-    np.testing.assert_allclose(s.mean, a.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s.mean, a.sum(0) / keep.sum(), rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(s.true_positives, ((a > 0)[:, :, None] & labels[:, None, :]).sum(0))
+    np.testing.assert_array_equal(s.label_counts, (labels & keep[:, None]).sum(0))
     per_ctx = a.reshape(n_ctx, ctx, d).max(1)
     np.testing.assert_array_equal(s.active_contexts, [((per_ctx > 0) & (sides == k)[:, None]).sum(0) for k in (0, 1)])
     ex = s.examples
+    chosen = ex.group != GROUPS.index("random")  # top, interval and token examples: never a left-out position
+    assert keep[(ex.context * ctx + ex.start + ex.center)[chosen]].all()
     # Every window holds the true activations of its unit over its tokens, from a context of its side.
     for e in range(len(ex.unit)):
         rows = ex.context[e] * ctx + ex.start[e] + np.arange(ex.tokens.shape[1])

@@ -49,6 +49,15 @@ def test_unknown_source_kind(tmp_path):
         (lambda r: r.pop("activations"), "activations: required key is missing"),
         (lambda r: r["model"].update(source="hf"), "model.hf.name_or_path"),
         (lambda r: r["model"].update(d_model=65), "divisible by n_heads"),
+        (lambda r: r["activations"].update(dtype="bf16"), "activations.dtype: got 'bf16'; Input should be 'float16', "
+                                                          "'bfloat16' or 'float32'"),
+        (lambda r: r["activations"].update(exclude={"special_tokens": "yes please"}),
+         "activations.exclude.special_tokens: got 'yes please'; must be auto (on for a Hugging Face model), true"),
+        (lambda r: r["activations"].update(exclude={"norm_factor": 0.5}),
+         "activations.exclude.norm_factor: got 0.5; must be auto, null (off) or a number above 1"),
+        (lambda r: r["activations"].update(exclude={"norm_factor": "10x"}), "activations.exclude.norm_factor: got '10x'"),
+        (lambda r: r["activations"].update(exclude={"median_tokens": 0}), "activations.exclude.median_tokens: got 0"),
+        (lambda r: r["activations"].update(exclude={"norm": 10}), "activations.exclude.norm: unknown key"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, mutate, expected):
@@ -205,3 +214,33 @@ def test_api_key_env_is_an_environment_variable_name(tmp_path, name):
     path = write(tmp_path, lambda r: r["interpret"].update(openai={"api_key_env": name}))
     msg = str(pytest.raises(ParamsError, load_params, path).value)
     assert "interpret.openai.api_key_env" in msg and "name of an environment variable" in msg
+
+
+def test_exclusion_params_resolve_auto_by_model_source(tmp_path):
+    from monosemantic.activations.exclude import HF_NORM_FACTOR, exclusion
+
+    p = load_params(write(tmp_path, lambda r: None)).activations
+    assert (p.dtype, p.exclude.special_tokens, p.exclude.norm_factor) == ("float16", "auto", "auto")
+    builtin = exclusion(p.exclude.special_tokens, p.exclude.norm_factor, p.exclude.median_tokens, "builtin", [0])
+    assert not builtin.active  # the paper's setting, and the tiny pipeline's results, unchanged
+    hf = exclusion(p.exclude.special_tokens, p.exclude.norm_factor, p.exclude.median_tokens, "hf", [5, 0])
+    assert hf.special_ids == (0, 5) and hf.norm_factor == HF_NORM_FACTOR
+    p = load_params(write(tmp_path, lambda r: r["activations"].update(
+        exclude={"special_tokens": False, "norm_factor": 4}))).activations.exclude
+    chosen = exclusion(p.special_tokens, p.norm_factor, p.median_tokens, "hf", [0])
+    assert chosen.special_ids == () and chosen.norm_factor == 4.0
+
+
+def test_estimates_count_the_stored_and_the_read_item_size(tmp_path):
+    """A float32 store doubles the cache's shards; a bfloat16 one stores 2 bytes but is read as float32."""
+    from monosemantic.resources import activation_cache, sae_training
+
+    def sizes(dtype):
+        params = load_params(write(tmp_path, lambda r: r["activations"].update(dtype=dtype)))
+        shards = activation_cache(params, 4096).parts[0]
+        window = next(p for p in sae_training(params, 4096, 0).parts if "shuffle window" in p.what)
+        return shards.bytes, window.bytes
+
+    (s16, w16), (sbf, wbf), (s32, w32) = sizes("float16"), sizes("bfloat16"), sizes("float32")
+    assert sbf == s16 and s32 > 1.9 * s16  # the acts dominate the shards (4096 wide)
+    assert wbf == w32 == 2 * w16

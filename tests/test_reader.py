@@ -151,3 +151,59 @@ def test_ranks_read_disjoint_parts_of_the_same_global_batches(tmp_path_factory, 
         for r, part in enumerate(parts):
             mine = set(range(lanes * r // world, lanes * (r + 1) // world))
             assert chunk_lane(np.concatenate(part)) <= mine
+
+
+@given(n=st.integers(40, 300), chunk=st.integers(1, 32), start=st.integers(0, 30), batch=st.integers(1, 30),
+       window=st.integers(1, 6), seed=st.integers(0, 5), dropped=st.floats(0, 0.6), mask_seed=st.integers(0, 99),
+       lanes=st.sampled_from([1, 2]))
+@settings(max_examples=40, deadline=None)
+def test_excluded_rows_never_appear_and_a_restart_continues_identically(
+        tmp_path_factory, n, chunk, start, batch, window, seed, dropped, mask_seed, lanes):
+    from monosemantic.activations.reader import batches
+
+    arr = store(tmp_path_factory.mktemp("r"), n, chunk)
+    keep = np.random.default_rng(mask_seed).random(n) >= dropped
+    stop = n - 3
+    kept = np.flatnonzero(keep[start:stop]) + start
+    batch *= lanes
+    if lanes == 1:
+        if len(kept) < batch:
+            with pytest.raises(ValueError, match="cannot fill one batch"):
+                ShuffledReader(arr, start, stop, batch, seed, window, keep=keep)
+            return
+    elif min(ShuffledReader(arr, start, stop, 1, seed, window, lane=(lane, 2), keep=keep).rows_per_epoch
+             for lane in range(2)) < batch // 2:
+        return
+    n_batches = 2 * len(kept) // batch + 1  # more than an epoch, across an epoch boundary
+    got = [ids(b) for b in itertools.islice(batches(arr, start, stop, batch, seed, window, 0, lanes, keep=keep),
+                                            n_batches)]
+    stream = np.concatenate(got)
+    assert keep[stream].all()  # an excluded row never appears
+    if lanes == 1:
+        assert sorted(stream[: len(kept)]) == kept.tolist()  # the first epoch: each kept row once
+    for k in (1, n_batches // 2):
+        again = batches(arr, start, stop, batch, seed, window, k * batch, lanes, keep=keep)
+        tail = [ids(b) for b in itertools.islice(again, n_batches - k)]
+        assert all((x == y).all() for x, y in zip(tail, got[k:]))
+
+
+def test_a_keep_flag_that_keeps_every_row_changes_nothing(tmp_path):
+    arr = store(tmp_path, 500, 16)
+    plain = [ids(b) for b in itertools.islice(iter(ShuffledReader(arr, 3, 490, 37, seed=2, window_chunks=3)), 30)]
+    flagged = ShuffledReader(arr, 3, 490, 37, seed=2, window_chunks=3, keep=np.ones(500, dtype=bool))
+    assert all((a == b).all() for a, b in zip(plain, (ids(b) for b in itertools.islice(iter(flagged), 30))))
+
+
+@given(start=st.integers(0, 50), length=st.integers(1, 200), n=st.integers(1, 300), chunk=st.integers(1, 40),
+       mask_seed=st.integers(0, 99))
+@settings(max_examples=30, deadline=None)
+def test_random_rows_skip_excluded_rows(tmp_path_factory, start, length, n, chunk, mask_seed):
+    import torch
+
+    from monosemantic.activations.reader import random_rows
+
+    arr = store(tmp_path_factory.mktemp("r"), 260, chunk)
+    keep = np.random.default_rng(mask_seed).random(260) < 0.7
+    got = ids(random_rows(arr, start, start + length, n, torch.Generator().manual_seed(0), keep=keep))
+    assert len(got) == min(n, int(keep[start : start + length].sum()))
+    assert keep[got].all() and ((got >= start) & (got < start + length)).all() and len(set(got)) == len(got)

@@ -177,6 +177,35 @@ class ModelParams(_Section):
 
 
 # ---------------------------------------------------------------- activations
+class ExcludeParams(_Section):
+    """Positions SAE training, evaluation and interpretation leave out (activations/exclude.py). In real
+    models BOS, separators and attention sinks have outsized norms and would otherwise spend features."""
+
+    special_tokens: Literal["auto"] | bool = Field(
+        "auto", description="leave out the tokenizer's special tokens (BOS, EOS, separators); auto: for model.source hf")
+    norm_factor: Literal["auto"] | float | None = Field(
+        "auto", description="leave out positions whose activation norm exceeds this multiple of the median norm "
+                            "(attention sinks); null: off; auto: 10 for model.source hf, off for the built-in model")
+    median_tokens: int = Field(65_536, gt=0, description="the first this many cached tokens set the median norm")
+
+    @field_validator("special_tokens", mode="before")
+    @classmethod
+    def _switch(cls, value):
+        if value != "auto" and not isinstance(value, bool):
+            raise ValueError("must be auto (on for a Hugging Face model), true or false")
+        return value
+
+    @field_validator("norm_factor", mode="before")
+    @classmethod
+    def _factor(cls, value):
+        if value == "auto" or value is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 1:
+            raise ValueError("must be auto, null (off) or a number above 1: a position is left out when its "
+                             "activation norm exceeds this multiple of the median norm (e.g. 10)")
+        return float(value)
+
+
 class ActivationsParams(_Section):
     store: str = Field("data/activations.zarr", description="where the store lives: data/activations.zarr (DVC "
                        "caches it) or an object-store URL, s3://bucket/prefix/activations.zarr (then "
@@ -188,6 +217,10 @@ class ActivationsParams(_Section):
     shard_chunks: int = Field(16, gt=0, description="chunks per shard file")
     compressor: Literal["lz4", "zstd", "none"] = "lz4"
     clevel: int = Field(5, ge=0, le=9)
+    dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        "float16", description="of the stored activations: float16 holds |a| <= 65504; bfloat16 has float32's "
+                               "range in 2 bytes (3 significant digits; stored as its bits, uint16); float32, 4 bytes")
+    exclude: ExcludeParams = ExcludeParams()
 
     @field_validator("store")
     @classmethod

@@ -20,6 +20,10 @@ FP32, FP16, INT32, BOOL = 4, 2, 4, 1
 GiB = 1 << 30
 PROCESS = 1 * GiB  # the interpreter with torch, zarr, polars and MLflow loaded
 LOSS_BLOCK = 8192  # inputs per block of resample.per_input_loss
+# Bytes per activation, by activations.dtype: as stored, and as the reader holds it (a bfloat16 store's
+# bits are decoded to float32 as they are read: activations/store.py).
+STORED = {"float16": FP16, "bfloat16": FP16, "float32": FP32}
+READ = {"float16": FP16, "bfloat16": FP32, "float32": FP32}
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def sae_training(params, d: int, i: int) -> Estimate:
     t, a, ctx = params.sae.train, params.activations, params.tokenize.ctx
     r = params.sae.standard.resample_inputs
     d_sae, batch = params.sae.dict_sizes[i], t.batch_size
-    size = f"sae.dict_sizes.{i}"
+    size, read = f"sae.dict_sizes.{i}", READ[a.dtype]
     n_weights = 2 * d * d_sae + d_sae + d
     # The dense path of sae/model.py's step (a young dictionary fires on half its features): f is
     # saved; backward holds x̂'W_decᵀ, its sum with the L1 gradient and the masked product (fp32) and
@@ -53,8 +57,8 @@ def sae_training(params, d: int, i: int) -> Estimate:
     # pre-activation, its sum with b_enc and f); the larger of the two is the peak.
     step = batch * d_sae * (4 * FP32 + BOOL)
     resample = (batch * d_sae * FP32 + min(r, LOSS_BLOCK) * d_sae * 3 * FP32
-                + r * d * (FP16 + FP16 + FP32))  # the drawn rows: read, concatenated, as fp32
-    window = min(t.window_chunks * a.chunk_seqs * ctx, a.max_train_tokens) * d * FP16
+                + r * d * (read + read + FP32))  # the drawn rows: read, concatenated, as fp32
+    window = min(t.window_chunks * a.chunk_seqs * ctx, a.max_train_tokens) * d * read
     heavier = max(
         Part("[batch_size, d_sae] activations and their gradients (the training step)", step,
              f"sae.train.batch_size or {size}"),
@@ -67,7 +71,8 @@ def sae_training(params, d: int, i: int) -> Estimate:
         # ShuffledReader: a window being read (zarr pieces, concatenated, shuffled), one queued, one
         # being consumed and the concatenation that carries a batch across two windows.
         Part(f"the reader's shuffle window (sae.train.window_chunks={t.window_chunks} chunks of "
-             f"activations.chunk_seqs={a.chunk_seqs} x tokenize.ctx={ctx} rows, fp16), six copies", 6 * window,
+             f"activations.chunk_seqs={a.chunk_seqs} x tokenize.ctx={ctx} rows, {read} bytes each), six copies",
+             6 * window,
              "sae.train.window_chunks"),
         Part("batches: the one training, the one read ahead, x̄, x̂ and its gradient (fp32)", 5 * batch * d * FP32,
              "sae.train.batch_size"),
@@ -79,11 +84,11 @@ def activation_cache(params, d: int) -> Estimate:
     """cache_activations: see activations/store.py."""
     a, ctx = params.activations, params.tokenize.ctx
     shard_rows = a.chunk_seqs * a.shard_chunks * ctx
-    shard = shard_rows * (d * FP16 + 3 * INT32)  # acts, and the tokens, seq and pos columns
+    shard = shard_rows * (d * STORED[a.dtype] + 3 * INT32 + BOOL)  # acts, and the tokens, seq, pos and keep columns
     return Estimate("cache_activations", f"activations.chunk_seqs={a.chunk_seqs} x shard_chunks={a.shard_chunks} "
                                          f"x tokenize.ctx={ctx} (d={d})", [
         # The writer's queue holds two shards, the writer one more, and the model fills the next.
-        Part(f"four shards of {shard_rows} rows in flight (fp16)", 4 * shard,
+        Part(f"four shards of {shard_rows} rows in flight ({a.dtype})", 4 * shard,
              "activations.shard_chunks or activations.chunk_seqs"),
         # The hooked output (fp32), its fp32 copy for the norms and the layers below it; attention is
         # scaled_dot_product_attention, which keeps no [ctx, ctx] scores.

@@ -44,3 +44,8 @@ def load_tokenizer(path: str | Path, separator: str | None = None) -> Tokenizer:
 def token_strings(tok: Tokenizer) -> list[str]:
     """Each token id's text, special tokens included (a byte-level piece of a character shows as U+FFFD)."""
     return [tok.decode([i], skip_special_tokens=False) for i in range(tok.get_vocab_size())]
+
+
+def special_token_ids(tok: Tokenizer) -> list[int]:
+    """The ids of the tokenizer's special tokens: those it adds itself (BOS, EOS, separators, padding), not text."""
+    return sorted(i for i, token in tok.get_added_tokens_decoder().items() if token.special)

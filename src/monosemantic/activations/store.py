@@ -1,5 +1,11 @@
-"""The activation cache: a Zarr v3 group with ``acts`` float16 ``[n_tokens, d]`` and the
-aligned int32 arrays ``tokens``, ``seq`` (row in the token store) and ``pos`` (position).
+"""The activation cache: a Zarr v3 group with ``acts`` ``[n_tokens, d]`` (float16 by default), the
+aligned int32 arrays ``tokens``, ``seq`` (row in the token store) and ``pos`` (position), and the
+boolean ``keep``: False where a position is left out of SAE training, evaluation and interpretation
+(`monosemantic.activations.exclude`).
+
+Zarr v3 has no bfloat16: a ``bfloat16`` store holds the values' 16 bits as ``uint16`` (the array's
+attribute ``dtype`` says so) and `VerifiedArray` decodes them to float32; float16 and float32 stores
+are what they say.
 
 Chunked along tokens (whole sequences per chunk), chunks grouped into shard files so the
 store holds hundreds of files, every chunk checksummed (crc32c) so corruption fails loudly.
@@ -36,6 +42,7 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from monosemantic import storage
+from monosemantic.activations.exclude import RULES, Exclusion
 from monosemantic.compute import Compute
 from monosemantic.errors import UserError
 from monosemantic.storage import Location, LocalLocation
@@ -48,6 +55,7 @@ class Layout:
     shard_chunks: int = 16
     compressor: str = "lz4"
     clevel: int = 5
+    dtype: str = "float16"  # of the stored activations: float16 | bfloat16 | float32
 
     @property
     def chunk_tokens(self) -> int:
@@ -126,16 +134,22 @@ def _loc(where: Location | str | Path) -> Location:
     return LocalLocation(where) if isinstance(where, Path) else storage.location(where)
 
 
+# How each store dtype is held in numpy and in zarr (bfloat16: its bits, as int16 here and uint16 in zarr).
+_BUFFER = {"float16": np.float16, "bfloat16": np.int16, "float32": np.float32}
+_ZARR = {"float16": "float16", "bfloat16": "uint16", "float32": "float32"}
+
+
 def _create(where: Location | Path, n_tokens: int, d: int, layout: Layout, attrs: dict) -> zarr.Group:
     group = zarr.open_group(_loc(where).zarr_store(read_only=False), mode="w")
-    for name, dtype, width in (("acts", "float16", d), ("tokens", "int32", None),
-                               ("seq", "int32", None), ("pos", "int32", None)):
+    for name, dtype, width in (("acts", _ZARR[layout.dtype], d), ("tokens", "int32", None),
+                               ("seq", "int32", None), ("pos", "int32", None), ("keep", "bool", None)):
         shape = (n_tokens, width) if width else (n_tokens,)
         group.create_array(
             name, shape=shape, dtype=dtype,
             chunks=(layout.chunk_tokens, width) if width else (layout.chunk_tokens,),
             shards=(layout.shard_tokens, width) if width else (layout.shard_tokens,),
             compressors=layout.codecs(),
+            attributes={"dtype": layout.dtype} if name == "acts" else None,
         )
     group.attrs.update(attrs)
     return group
@@ -144,29 +158,24 @@ def _create(where: Location | Path, n_tokens: int, d: int, layout: Layout, attrs
 class _Progress:
     """Which shards are written, beside the store being written (``<store>.progress/<k>``).
 
-    A shard counts once its four arrays' files are written; its file then holds the sum of its
+    A shard counts once its five arrays' files are written; its file then holds the sum of its
     activations' norms, so a resumed run's mean norm is the uninterrupted run's to the last digit,
-    and for a remote store the md5 and size of its files, for the manifest. Ranks write disjoint
-    shards, so each shard's record has one writer.
+    its count of excluded positions per rule and per split, and for a remote store the md5 and size
+    of its files, for the manifest. Ranks write disjoint shards, so each shard's record has one writer.
     """
 
     def __init__(self, out: Location | Path):
         self.loc = _loc(out).sibling(".progress")
 
     def records(self) -> dict[int, dict]:
-        found = {}
-        for key in self.loc.files():
-            if key.isdigit():
-                text = self.loc.read(key).decode()
-                found[int(key)] = json.loads(text) if text.startswith("{") else {"norm_sum": float(text)}
-        return found
+        return {int(key): json.loads(self.loc.read(key)) for key in self.loc.files() if key.isdigit()}
 
     def done(self) -> dict[int, float]:
         return {k: r["norm_sum"] for k, r in self.records().items()}
 
-    def add(self, k: int, norm_sum: float, files: dict | None = None) -> None:
-        text = repr(norm_sum) if files is None else json.dumps({"norm_sum": norm_sum, "files": files})
-        self.loc.write(str(k), [text.encode()])
+    def add(self, k: int, norm_sum: float, excluded: dict[str, int], files: dict | None = None) -> None:
+        record = {"norm_sum": norm_sum, "excluded": excluded, **({"files": files} if files is not None else {})}
+        self.loc.write(str(k), [json.dumps(record).encode()])
 
     def reset(self, fingerprint: str | None = None) -> None:
         self.loc.remove()
@@ -204,6 +213,7 @@ def cache_activations(
     fingerprint: str,
     stop_after_shards: int | None = None,
     compute: Compute = Compute(),
+    exclude: Exclusion = Exclusion(),
 ) -> dict:
     """Run `acts_fn` over `token_rows[rows]` and store the activations at `out`.
 
@@ -211,8 +221,9 @@ def cache_activations(
     0; other ranks get ``{"complete": None}``). Under data parallelism rank r writes shards
     k ≡ r (mod world size), the same bytes one process would, and rank 0 finalises the store.
     `out` is a local path or a `Location` (a remote store: the stats then carry its ``manifest``,
-    each file's md5 and size). `stop_after_shards` ends this process's run early, as a kill would
-    (for tests and benchmarks).
+    each file's md5 and size). `exclude` says which positions ``keep`` marks False; the stats count
+    them per rule and per split (``attrs["splits"]``). `stop_after_shards` ends this process's run
+    early, as a kill would (for tests and benchmarks).
     """
     n_seq = len(rows)
     if n_seq == 0:
@@ -220,16 +231,23 @@ def cache_activations(
     n_tokens, n_shards = n_seq * layout.ctx, -(-n_seq // layout.shard_seqs)
     out = _loc(out)
     partial, progress, hashed = out.sibling(".partial"), _Progress(out), out.remote
+    hook = attrs.get("hook")
     if compute.is_main:
         if _resumable(partial, progress, fingerprint) and progress.done():
             print(f"resuming activation cache from {partial.url}: {len(progress.done())}/{n_shards} shards written")
         else:
             partial.remove()
             progress.reset(fingerprint)
-            _create(partial, n_tokens, d, layout, {**attrs, "fingerprint": fingerprint})
+            median = _median_norm(acts_fn, token_rows, rows, layout, d, batch_seqs, exclude, hook)
+            rule = {"special_token_ids": list(exclude.special_ids), "norm_factor": exclude.norm_factor,
+                    "median_norm": median, "median_tokens": exclude.median_tokens if median else None}
+            _create(partial, n_tokens, d, layout, {**attrs, "exclude": rule, "fingerprint": fingerprint})
         if out.remote:
             print(f"writing the activation store to {out.url} (via {partial.url})")
     compute.barrier()  # the store exists before any rank writes into it
+    # Every rank, and a resumed run, applies the threshold the store recorded when it was created.
+    median = json.loads(partial.read("zarr.json"))["attributes"]["exclude"]["median_norm"]
+    splits = {name: tuple(span) for name, span in attrs.get("splits", {}).items()}
     done_before = progress.done()
     todo = [k for k in range(compute.rank, n_shards, compute.world_size) if k not in done_before]
     todo = todo if stop_after_shards is None else todo[:stop_after_shards]
@@ -242,14 +260,14 @@ def cache_activations(
         while (item := pending.get()) is not None:
             if failure:  # keep taking items, so that the main thread never blocks on a full queue
                 continue
-            k, arrays, norm_sum = item
+            k, arrays, norm_sum, excluded = item
             try:
                 files = {}
                 for name, data in arrays.items():
                     entry = write_shard(partial, name, k, data, layout, hashed)
                     if entry is not None:
                         files[entry[0]] = entry[1]
-                progress.add(k, norm_sum, files if hashed else None)  # only after the whole shard is written
+                progress.add(k, norm_sum, excluded, files if hashed else None)  # only after the whole shard
             except BaseException as e:  # surfaced in the main thread
                 failure.append(e)
 
@@ -262,24 +280,22 @@ def cache_activations(
         for k in todo:
             shard_rows = rows[k * layout.shard_seqs : (k + 1) * layout.shard_seqs]
             tokens = _take(token_rows, shard_rows)
-            acts = np.empty((len(shard_rows), layout.ctx, d), dtype=np.float16)
-            norm_sum = 0.0
-            for i in range(0, len(shard_rows), batch_seqs):
-                out_b = acts_fn(torch.from_numpy(tokens[i : i + batch_seqs]).long())
-                stored = torch.from_numpy(acts[i : i + batch_seqs])
-                stored.copy_(out_b)  # cast to fp16 in place
-                norms = stored.float().norm(dim=-1)  # of the stored values: a resumed run sums the same
-                if not torch.isfinite(norms).all():
-                    _refuse(out_b, attrs.get("hook"), k)
-                norm_sum += norms.sum(dtype=torch.float64).item()
-            flat = acts.reshape(-1, d)
+            acts, norms = _forward(acts_fn, tokens, layout, d, batch_seqs, hook, k)
+            flat, flat_tokens = acts.reshape(-1, d), tokens.reshape(-1)
+            verdicts = exclude.rules(flat_tokens, norms, median)
+            keep = ~np.logical_or.reduce(list(verdicts.values()))
             arrays = {
-                "acts": flat,
-                "tokens": tokens.reshape(-1),
+                "acts": flat if layout.dtype != "bfloat16" else flat.view(np.uint16),
+                "tokens": flat_tokens,
                 "seq": np.repeat(shard_rows.astype(np.int32), layout.ctx),
                 "pos": np.tile(np.arange(layout.ctx, dtype=np.int32), len(shard_rows)),
+                "keep": keep,
             }
-            pending.put((k, arrays, norm_sum))
+            first = k * layout.shard_tokens
+            excluded = {"tokens": int((~keep).sum()), **{r: int(v.sum()) for r, v in verdicts.items()},
+                        **{name: int((~keep[max(a - first, 0) : max(b - first, 0)]).sum())
+                           for name, (a, b) in splits.items()}}
+            pending.put((k, arrays, norms.sum(dtype=np.float64).item(), excluded))
             if failure:
                 raise failure[0]
             bar.update(len(flat) * compute.world_size)
@@ -296,16 +312,21 @@ def cache_activations(
     if len(done) < n_shards:
         return {"complete": False, "shards_done": len(done)}
 
+    records = progress.records()
+    excluded = {key: sum(records[k]["excluded"][key] for k in range(n_shards))
+                for key in ("tokens", *RULES, *splits)}
     group = zarr.open_group(partial.zarr_store(read_only=False), mode="r+")
     if "fingerprint" in group.attrs:  # gone already if a move to an object store was cut short
         del group.attrs["fingerprint"]
-    raw = n_tokens * d * 2
+    group.attrs["excluded"] = excluded
+    raw = n_tokens * d * np.dtype(_BUFFER[layout.dtype]).itemsize
     sizes = partial.files()
     written = len(done) - len(done_before)
     stats = {
         "complete": True,
         "tokens": n_tokens,
         "d": d,
+        "dtype": layout.dtype,
         "bytes_on_disk": sum(sizes.values()),
         "acts_bytes_raw": raw,
         "compression_ratio": raw / sum(n for key, n in sizes.items() if key.startswith("acts/")),
@@ -313,12 +334,51 @@ def cache_activations(
         "seconds": elapsed,
         "tokens_per_second": written * layout.shard_tokens / elapsed if written else None,
         "mean_norm": sum(done[k] for k in range(n_shards)) / n_tokens,  # summed in shard order
+        "excluded": {**excluded, "median_norm": median},
     }
     if hashed:
         stats["manifest"] = _manifest(partial, progress, sizes)
     partial.replace(out)
     progress.remove()
     return stats
+
+
+def _forward(acts_fn, tokens: np.ndarray, layout: Layout, d: int, batch_seqs: int, hook: str | None,
+             shard: int) -> tuple[np.ndarray, np.ndarray]:
+    """The activations of `tokens` ``[seqs, ctx]`` as the store holds them, and each token's norm, of the
+    stored values (so a resumed run, and the exclusion rule, see what a reader will)."""
+    acts = np.empty((len(tokens), layout.ctx, d), dtype=_BUFFER[layout.dtype])
+    norms = np.empty((len(tokens), layout.ctx), dtype=np.float64)
+    for i in range(0, len(tokens), batch_seqs):
+        out_b = acts_fn(torch.from_numpy(tokens[i : i + batch_seqs]).long())
+        stored = torch.from_numpy(acts[i : i + batch_seqs])
+        if layout.dtype == "bfloat16":
+            as_bf16 = out_b.to(torch.bfloat16)
+            stored.copy_(as_bf16.view(torch.int16))  # the bits
+            values = as_bf16.float()
+        else:
+            stored.copy_(out_b)  # cast in place
+            values = stored.double() if layout.dtype == "float32" else stored.float()
+        n = values.norm(dim=-1)
+        if not torch.isfinite(n).all():
+            _refuse(out_b, hook, shard, layout.dtype)
+        norms[i : i + batch_seqs] = n.numpy()
+    return acts, norms.reshape(-1)
+
+
+def _median_norm(acts_fn, token_rows, rows: np.ndarray, layout: Layout, d: int, batch_seqs: int,
+                 exclude: Exclusion, hook: str | None) -> float | None:
+    """The norm rule's median, over the first `exclude.median_tokens` tokens to cache (None when the rule is
+    off): computed once, a shard at a time, before any shard is written, and recorded in the store."""
+    if exclude.norm_factor is None:
+        return None
+    first = rows[: -(-exclude.median_tokens // layout.ctx)]
+    tokens, norms = [], []
+    for k in range(0, len(first), layout.shard_seqs):
+        t = _take(token_rows, first[k : k + layout.shard_seqs])
+        tokens.append(t.reshape(-1))
+        norms.append(_forward(acts_fn, t, layout, d, batch_seqs, hook, k // layout.shard_seqs)[1])
+    return exclude.median_norm(np.concatenate(tokens), np.concatenate(norms))
 
 
 def _manifest(partial: Location, progress: _Progress, sizes: dict[str, int]) -> dict[str, dict]:
@@ -354,15 +414,17 @@ def _wait_for(progress: _Progress, n_shards: int, all_ranks: bool, stall_s: floa
     return done
 
 
-def _refuse(out: torch.Tensor, hook: str | None, shard: int) -> None:
-    """Stop before a non-finite activation, or one float16 cannot hold, reaches the store."""
+def _refuse(out: torch.Tensor, hook: str | None, shard: int, dtype: str = "float16") -> None:
+    """Stop before a non-finite activation, or one the store's dtype cannot hold, reaches the store."""
     finite = torch.isfinite(out)
     if not finite.all():
         raise UserError(f"the model's activations at hook {hook!r} hold {int((~finite).sum())} non-finite values "
                         f"(shard {shard}); check the model (models/transformer) and model.hf.dtype, then re-run")
-    raise UserError(f"an activation at hook {hook!r} is {float(out.abs().max()):.4g}, beyond float16's range "
-                    f"(65504) (shard {shard}); nothing was stored for it. Scale the activations, or cache "
-                    "another hook; the float16 store cannot hold them")
+    limit = torch.finfo(torch.float16 if dtype == "float16" else torch.bfloat16).max
+    fix = ("set activations.dtype: bfloat16 (float32's range in the same 2 bytes, with 3 significant digits) or "
+           "float32 (exact, twice the size)" if dtype == "float16" else "set activations.dtype: float32")
+    raise UserError(f"an activation at hook {hook!r} is {float(out.abs().max()):.4g}, beyond {dtype}'s range "
+                    f"({limit:.5g}) (shard {shard}); nothing was stored for it: {fix}, then re-run cache_activations")
 
 
 def _take(token_rows: zarr.Array | np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -384,12 +446,15 @@ def _fix(path: str | Path) -> str:
 
 class VerifiedArray:
     """A store array whose every read is checked: a chunk failing its crc32c, or a non-finite
-    activation, stops the reader with the shard file and the fix instead of training on it."""
+    activation, stops the reader with the shard file and the fix instead of training on it.
+    A bfloat16 array (its bits stored as uint16) reads as float32."""
 
     def __init__(self, array: zarr.Array, path: Location | Path, name: str):
         self.array, self.location, self.name = array, _loc(path), name
         self.path = self.location.url  # a local path or a URL, for messages
-        self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
+        self.bfloat16 = array.attrs.get("dtype") == "bfloat16"
+        self.dtype = np.dtype(np.float32) if self.bfloat16 else array.dtype
+        self.shape, self.chunks = array.shape, array.chunks
         self.shard_rows = (array.shards or array.chunks)[0]
 
     def shard_key(self, row: int) -> str:
@@ -407,6 +472,8 @@ class VerifiedArray:
             raise StoreError(f"{self.path}: a chunk in rows {rows.start}:{rows.stop} {reason} (shard file "
                              f"{self.shard_file(rows.start or 0)}, or the next one if the rows span two); "
                              f"{_fix(self.path)}") from None
+        if self.bfloat16:
+            data = (data.astype(np.uint32) << 16).view(np.float32)
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             bad = int(np.argwhere(~np.isfinite(data))[0][0]) + (rows.start or 0)
             raise StoreError(f"{self.path}: non-finite activation at row {bad} (shard file "
@@ -426,6 +493,19 @@ class ActivationStore:
     @property
     def acts(self) -> VerifiedArray:
         return VerifiedArray(self.group["acts"], self.location or self.path, "acts")
+
+    @property
+    def keep(self) -> VerifiedArray | None:
+        """Which rows readers use (False: left out by `exclude`); None when the store left out none,
+        so that readers need not read it."""
+        if not self.group.attrs["excluded"]["tokens"]:
+            return None
+        return VerifiedArray(self.group["keep"], self.location or self.path, "keep")
+
+    @property
+    def excluded(self) -> dict[str, int]:
+        """Positions left out: in all (``tokens``), by each rule (which may overlap) and in each split."""
+        return dict(self.group.attrs["excluded"])
 
     @property
     def splits(self) -> dict[str, tuple[int, int]]:
@@ -451,7 +531,7 @@ def open_store(path: str | Path) -> ActivationStore:
         if "fingerprint" in group.attrs:
             raise StoreError(f"{shown} is an unfinished store (a killed cache_activations run?); {_fix(shown)}")
         present = loc.files() if loc.remote else None  # one listing, not a request per shard
-        for name in ("acts", "tokens", "seq", "pos"):
+        for name in ("acts", "tokens", "seq", "pos", "keep"):
             if name not in group:
                 raise StoreError(f"{shown} has no {name!r} array; {_fix(shown)}")
             array = VerifiedArray(group[name], loc, name)

@@ -4,6 +4,10 @@ Every batch runs the subject model four times through one hook: unchanged (recor
 activations), with the SAE's reconstruction spliced in, with the hooked activations zeroed,
 and with them replaced by their training-set mean. The reconstruction metrics use the
 activations recorded in the first pass, in float32, not the float16 cache.
+
+Positions the cache left out (`keep` False: special tokens, attention sinks) keep their original
+activation in all three interventions, so that the losses compare the same intervention, and are
+left out of MSE, FVU, L0 and the feature densities; the losses still count every prediction.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ def _loss_sum(lg: torch.Tensor, tokens: torch.Tensor) -> float:
 def evaluate_sae(
     model: nn.Module, hook: str, sae: Dictionary, contexts: np.ndarray, mean_activation: torch.Tensor,
     batch_seqs: int = 32, ultralow_density: float = 1e-6, dense_density: float = 0.1, histogram_bins: int = 40,
-    compute: Compute = Compute(),
+    compute: Compute = Compute(), keep: np.ndarray | None = None,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
     """Metrics (eval.json's keys) and the log10 feature-density histogram over `contexts` [n_seq, ctx].
-    `model` and `sae` are on `compute`'s device; forward passes run under its precision."""
+    `keep` [n_seq, ctx] marks the positions evaluated (None: all). `model` and `sae` are on `compute`'s
+    device; forward passes run under its precision."""
     rec = Reconstruction(sae.d_in)
     fire_counts = torch.zeros(sae.d_sae, dtype=torch.long, device=compute.device)
     mean_activation = mean_activation.to(compute.device)
@@ -40,7 +45,12 @@ def evaluate_sae(
 
     for i in tqdm(range(0, len(contexts), batch_seqs), desc="evaluate", unit="batch"):
         tokens = compute.to_device(torch.from_numpy(np.asarray(contexts[i : i + batch_seqs])).long())
+        kept = None if keep is None else compute.to_device(torch.from_numpy(np.asarray(keep[i : i + batch_seqs])))
         seen: list[torch.Tensor] = []
+
+        def at_kept(fn):
+            """fn's replacement at the kept positions only; the original activation elsewhere."""
+            return fn if kept is None else lambda a: torch.where(kept[..., None], fn(a), a)
 
         def record(a: torch.Tensor) -> torch.Tensor:
             seen.append(a)
@@ -52,11 +62,11 @@ def evaluate_sae(
             x = seen[0].float()
             f = sae.encode(x)
             x_hat = sae.decode(f).to(seen[0].dtype)
-            with splice(model, hook, lambda a: x_hat):
+            with splice(model, hook, at_kept(lambda a: x_hat)):
                 lg_rec = logits(model, tokens)
-            with splice(model, hook, torch.zeros_like):
+            with splice(model, hook, at_kept(torch.zeros_like)):
                 lg_zero = logits(model, tokens)
-            with splice(model, hook, lambda a: mean_activation.to(a.dtype).expand_as(a)):
+            with splice(model, hook, at_kept(lambda a: mean_activation.to(a.dtype).expand_as(a))):
                 lg_mean = logits(model, tokens)
 
         for name, lg in zip(losses, (lg_orig, lg_rec, lg_zero, lg_mean)):
@@ -64,6 +74,8 @@ def evaluate_sae(
         log_p = F.log_softmax(lg_orig[:, :-1].float(), -1)
         log_q = F.log_softmax(lg_rec[:, :-1].float(), -1)
         kl_sum += float((log_p.exp() * (log_p - log_q)).sum())
+        if kept is not None:
+            x, x_hat, f = x[kept], x_hat[kept], f[kept]
         rec.update(x, x_hat.float())
         active = f.reshape(-1, sae.d_sae) > 0
         fire_counts += active.sum(0)
@@ -80,5 +92,6 @@ def evaluate_sae(
         "kl_divergence": kl_sum / n_predicted,
         **density_summary(fire_counts, n_tokens, ultralow_density, dense_density),
         "n_eval_tokens": n_tokens,
+        "n_excluded_tokens": 0 if keep is None else int((~np.asarray(keep, dtype=bool)).sum()),
     }
     return metrics, density_histogram(fire_counts, n_tokens, histogram_bins)

@@ -46,12 +46,13 @@ class Result:
 def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae: Dictionary, model: nn.Module,
                          strings: list[str], proxies: dict[str, Detector], backend, p: InterpretParams,
                          compute: Compute = Compute(), separator: int | None = None,
-                         named: dict[int, str] | None = None) -> Result:
+                         named: dict[int, str] | None = None, keep: np.ndarray | None = None) -> Result:
     """Scan `tokens` (whole contexts, consecutive in the packed stream) and their activations
     ``acts[first_row:]``; `strings` is each token id's text, `backend` a Baseline or an LLMBackend,
     `separator` the id of the token that ends each document (tokenizer.separator; None: the token
     whose text is "<|endoftext|>"); `named` maps features to interpret besides the sample to why (e.g.
-    "splitting"). The encoding runs on `compute`'s device; the statistics over its output, on the CPU."""
+    "splitting"); `keep` the tokens that count (None: all; see sampling.scan). The encoding runs on
+    `compute`'s device; the statistics over its output, on the CPU."""
     n_feat, d = sae.d_sae, sae.d_in
     kinds = np.array(["feature"] * n_feat + ["neuron"] * (d if p.neurons else 0))
     index = np.concatenate([np.arange(n_feat), np.arange(d if p.neurons else 0)])
@@ -87,8 +88,10 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
 
     n_ctx = len(tokens) // ctx
     labels = token_labels(tokens.reshape(n_ctx, ctx), strings, list(proxies.values()))
+    if keep is not None:  # a left-out token is no proxy positive either, as scan counts them (choose's F1 too)
+        labels &= np.asarray(keep[: len(labels)], dtype=bool)[:, None]
     sides, n_docs = context_sides(tokens, ctx, _separator(separator, strings), p)
-    s = scan(acts, first_row, tokens, ctx, sides, encode, len(kinds), choose, labels, p)
+    s = scan(acts, first_row, tokens, ctx, sides, encode, len(kinds), choose, labels, p, keep)
     ex, units = s.examples, s.interpreted
     rare = s.active_contexts.min(0) < p.min_contexts  # a named unit may be: it gets examples, not an explanation
     truth10 = quantise(ex.acts, s.max[ex.unit][:, None])

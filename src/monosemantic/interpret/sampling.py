@@ -6,7 +6,9 @@ with contexts on both sides a token lookup learnt on one side would score on the
 are packed back to back, each ended by the separator token (tokens.py), so a token's document is
 the number of separators before it. Documents go to a side in runs, and the one context where the
 side changes holds both and is used by neither. Statistics (density, mean, max, histograms, proxy
-counts) still count every token.
+counts) still count every token, except the positions the cache left out (`keep` False: special
+tokens, attention sinks): their activations count as absent, so they are never an example's maximum
+and never enter a statistic.
 
 Pass 1 keeps, for every unit at once, its density, mean and max, how often it fires on each proxy's
 tokens, and on each side its number of activating contexts and its top contexts. Then the examples
@@ -99,15 +101,19 @@ def context_sides(tokens: np.ndarray, ctx: int, separator: int, p: InterpretPara
 def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
          encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], n_units: int,
          choose: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], labels: np.ndarray,
-         p: InterpretParams) -> Scan:
+         p: InterpretParams, keep: np.ndarray | None = None) -> Scan:
     """`tokens` (whole contexts) and their activations ``acts[first_row:]`` (zarr or numpy); `sides` each
     context's side (context_sides); `encode(x, units)` maps a float32 batch of rows to the activations of
     `units` (None: all ``n_units``); `choose(active_contexts, fired_tokens, true_positives)` picks the units to
-    sample examples for, from pass 1's counts; `labels` are the proxy labels of every token."""
+    sample examples for, from pass 1's counts; `labels` are the proxy labels of every token; `keep` which
+    tokens count (None: all)."""
     n_ctx = len(tokens) // ctx
     if n_ctx == 0:
         raise ValueError("no complete context to scan")
     tokens = tokens[: n_ctx * ctx]
+    keep = np.ones(n_ctx * ctx, dtype=bool) if keep is None else np.asarray(keep[: n_ctx * ctx], dtype=bool)
+    labels = labels[: n_ctx * ctx] & keep[:, None]
+    absent = torch.from_numpy(~keep)
     batch = max(1, p.batch_tokens // ctx)
     side_t = torch.from_numpy(np.asarray(sides[:n_ctx], dtype=np.int64))
 
@@ -118,7 +124,7 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
     active = torch.zeros(2, n_units, dtype=torch.long)
     true_pos = torch.zeros(n_units, labels.shape[1], dtype=torch.float64)
     best = [_Top(p.top_examples, n_units) for _ in SPLITS]
-    for c0, a in _batches(acts, first_row, n_ctx, ctx, batch, lambda x: encode(x, None), "pass 1/2"):
+    for c0, a in _batches(acts, first_row, n_ctx, ctx, batch, lambda x: encode(x, None), "pass 1/2", absent):
         rows = slice(c0 * ctx, c0 * ctx + len(a))
         count += torch.bincount((a > 0).nonzero()[:, 1], minlength=n_units)
         total += a.sum(0)
@@ -134,7 +140,7 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
 
     peak_np, active_np = peak.numpy(), active.numpy()
     units = np.asarray(choose(active_np, count.numpy(), true_pos.numpy()), dtype=np.int64)
-    fixed, used = _fixed_examples(units, best, peak_np, tokens, ctx, sides, p)
+    fixed, used = _fixed_examples(units, best, peak_np, tokens, ctx, sides, p, keep)
     width = min(p.window_before + p.window_after + 1, ctx)
     fixed_start = np.clip(fixed["pos"] - p.window_before, 0, ctx - width)
     fixed_win = fixed["context"][:, None] * ctx + fixed_start[:, None] + np.arange(width)
@@ -148,7 +154,7 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
     fixed_acts = np.zeros(fixed_win.shape, dtype=np.float32)
     order = np.argsort(fixed["context"], kind="stable")
     intervals = _Intervals(p, peak[sel], used, width, ctx)
-    for c0, a in _batches(acts, first_row, n_ctx, ctx, batch, lambda x: encode(x, sel), "pass 2/2"):
+    for c0, a in _batches(acts, first_row, n_ctx, ctx, batch, lambda x: encode(x, sel), "pass 2/2", absent):
         r0, c1 = c0 * ctx, c0 + len(a) // ctx
         nz = a > 0
         hist += torch.bincount(((a * scale).long().clamp_(max=bins - 1) + offsets)[nz], minlength=len(hist))
@@ -171,7 +177,7 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
         interval=rows["interval"], rank=rows["rank"], context=rows["context"], start=start,
         center=rows["pos"] - start, tokens=tokens[win].astype(np.int32), acts=window_acts,
         before=flat_before.astype(np.int32))
-    n_tokens = n_ctx * ctx
+    n_tokens = int(keep.sum())
     return Scan(n_tokens, (count / n_tokens).numpy(), (total / n_tokens).numpy(), peak_np, active_np, units,
                 hist.view(len(units), bins).numpy(), examples, true_pos.numpy(), labels.sum(0))
 
@@ -251,13 +257,14 @@ class _Intervals:
         return {k: v.numpy().astype(np.int64) for k, v in rows.items()}, self.acts[j, r, u].numpy()
 
 
-def _batches(acts, first_row: int, n_ctx: int, ctx: int, batch: int, encode, label: str):
+def _batches(acts, first_row: int, n_ctx: int, ctx: int, batch: int, encode, label: str, absent: torch.Tensor):
+    """The encoded activations of each batch of contexts, zero at the `absent` tokens (left out by the cache)."""
     t0, last = time.perf_counter(), 0.0
     with torch.no_grad():
         for c0 in range(0, n_ctx, batch):
             c1 = min(c0 + batch, n_ctx)
             x = torch.from_numpy(np.asarray(acts[first_row + c0 * ctx : first_row + c1 * ctx], dtype=np.float32))
-            yield c0, encode(x)
+            yield c0, encode(x).masked_fill(absent[c0 * ctx : c1 * ctx, None], 0)
             now = time.perf_counter()
             if now - last > 10 or c1 == n_ctx:
                 last = now
@@ -265,10 +272,10 @@ def _batches(acts, first_row: int, n_ctx: int, ctx: int, batch: int, encode, lab
                 print(f"interpret {label}: {c1 * ctx:,}/{n_ctx * ctx:,} tokens ({rate:,.0f} tokens/s)", flush=True)
 
 
-def _fixed_examples(units, best, peak, tokens, ctx, sides, p) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+def _fixed_examples(units, best, peak, tokens, ctx, sides, p, keep) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """The examples chosen before pass 2, as (context, position) each window centres on: the top contexts,
-    random contexts, and the unit's top tokens in other contexts, on each side; and the contexts each unit
-    shows per side, ``[2, m, units]`` padded with -1, which the interval samples leave out."""
+    random contexts, and the unit's top tokens in other contexts (at kept positions), on each side; and the
+    contexts each unit shows per side, ``[2, m, units]`` padded with -1, which the interval samples leave out."""
     out: dict[str, list] = {k: [] for k in ("unit", "split", "group", "interval", "rank", "context", "pos")}
     rng = np.random.default_rng(p.seed)
 
@@ -310,7 +317,7 @@ def _fixed_examples(units, best, peak, tokens, ctx, sides, p) -> tuple[dict[str,
             lo, hi = np.searchsorted(sorted_tokens, [t, t + 1])
             where = by_token[lo:hi]
             for s in range(2):
-                w = where[token_side[where] == s]
+                w = where[(token_side[where] == s) & keep[where]]
                 w = w[~np.isin(w // ctx, used[s])]
                 picked = np.sort(rng.choice(w, size=min(p.token_contexts, len(w)), replace=False))
                 emit(i, s, GROUPS.index("token"), 0, picked // ctx, picked % ctx)
