@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -297,3 +298,26 @@ def test_delphis_own_loader_reads_the_cache(repo, delphi_cache):
         assert record.per_token_frequency == pytest.approx(density[record.latent.latent_index])
         for example in record.train:
             assert example.tokens.shape == example.activations.shape == (16,)
+
+
+@pytest.mark.e2e
+def test_delphi_leaves_out_the_positions_the_store_left_out(repo, tmp_path):
+    """With activations.exclude on, the latent cache holds no activation at a left-out position."""
+    from tests.conftest import clone_repo, set_params, sh
+
+    work = clone_repo(repo, tmp_path / "r")
+    set_params(work, lambda r: r["activations"].setdefault("exclude", {}).update(special_tokens=True))
+    sh(sys.executable, "-m", "stages.cache_activations", cwd=work)
+    store = open_store(work / "data/activations.zarr")
+    (t0, t1), ctx = store.splits["train"], store.group.attrs["ctx"]
+    n = (t1 - t0) // ctx * ctx
+    left_out = ~np.asarray(store.keep[t0 : t0 + n])
+    assert left_out.any()  # the tiny corpus's document separators
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        assert export("delphi", "topk-128", "--out", str(tmp_path / "out"), "--n-splits", "1") == 0
+    data = load_file(next((tmp_path / "out/latents").glob("*/*.safetensors")))
+    rows = data["locations"][:, 0].astype(np.int64) * ctx + data["locations"][:, 1]
+    assert len(rows) and not left_out[rows].any()
+    f = encoded(work, "topk-128", slice(t0, t0 + n), np.arange(128))
+    assert (np.abs(f[left_out]) > 1e-5).any()  # there was something to leave out

@@ -264,12 +264,15 @@ def export_delphi(root: str | Path, name: str, out: str | Path, split: str = "tr
     starts = np.array(edges[:-1])
     parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in starts]
     units = torch.from_numpy(chosen)
+    keep = store.keep
     bar = tqdm(total=n, desc=f"delphi: encoding {split} with {name}", unit="tok", unit_scale=True)
     with torch.no_grad(), bar:
         for r0 in range(0, n, batch_tokens):
             r1 = min(r0 + batch_tokens, n)
             x = torch.from_numpy(np.asarray(store.acts[t0 + r0 : t0 + r1], dtype=np.float32))
             f = sae.encode_units(x, units)
+            if keep is not None:  # positions the cache left out (activations.exclude) are no examples here either
+                f[~torch.from_numpy(np.asarray(keep[t0 + r0 : t0 + r1]))] = 0
             rows, cols = (f.abs() > DELPHI_THRESHOLD).nonzero(as_tuple=True)
             vals = f[rows, cols].numpy()
             row, lat = rows.numpy() + r0, chosen[cols.numpy()]
