@@ -97,19 +97,16 @@ def _results(remote: str | None):
     return storage.location(base), name
 
 
-def _uncached_outs() -> list[str]:
-    """Paths of the pipeline's outputs with `cache: false`: DVC verifies them but never pushes them."""
+def _workspace_files() -> list[str]:
+    """What a run leaves for git, not DVC's cache: the outputs with `cache: false` (DVC verifies them
+    but never pushes them) and the .gitignore files DVC writes beside the cached ones."""
     from dvc.repo import Repo
 
     with Repo(".") as repo:
-        return sorted({out.def_path for stage in repo.index.stages
-                       for out in stage.outs if not out.use_cache})
-
-
-def _new_gitignores() -> list[str]:
-    """The .gitignore files git does not track yet: those `dvc repro` wrote for its outputs."""
-    res = _run(["git", "ls-files", "--others", "--exclude-standard", "-z"])
-    return sorted(p for p in res.stdout.split("\0") if p and Path(p).name == ".gitignore") if not res.returncode else []
+        outs = [out for stage in repo.index.stages for out in stage.outs]
+    uncached = {out.def_path for out in outs if not out.use_cache}
+    ignores = {str(Path(out.def_path).parent / ".gitignore") for out in outs if out.use_cache}
+    return sorted(p for p in uncached | ignores if Path(p).exists())
 
 
 def store_results(key: str, remote: str | None = None) -> int:
@@ -124,7 +121,7 @@ def store_results(key: str, remote: str | None = None) -> int:
     _dvc("push", "-q", "-r", name)
     buf, n = io.BytesIO(), 0
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in ["dvc.lock", *(p for p in _uncached_outs() if Path(p).exists()), *_new_gitignores()]:
+        for path in ["dvc.lock", *_workspace_files()]:
             tar.add(path)
             n += 1
     with loc.errors("writing", f"{key}.tar.gz"):
