@@ -286,18 +286,23 @@ class _FlakyBackend(Baseline):
         return ["no reply within 60s, after 5 attempts"] + super().explain_all(jobs[1:])
 
 
+def _toy_run(seed: int, n_ctx: int = 60, ctx: int = 16, d: int = 8):
+    """Tokens with separators, sparse random activations of `d` neurons, and a small model of that width."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 42, n_ctx * ctx).astype(np.int32)
+    tokens[rng.random(len(tokens)) < 0.03] = SEP
+    acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
+    model = Transformer(TransformerConfig(vocab_size=len(VOCAB), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
+    return tokens, acts, model, ctx, d
+
+
 def test_interpret_dictionary_records_a_failed_explanation_and_scores_the_rest():
     from monosemantic.interpret import interpret_dictionary
     from monosemantic.sae.standard import Standard
 
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    n_ctx, ctx, d = 60, 16, 8
-    tokens = rng.integers(0, 42, n_ctx * ctx).astype(np.int32)
-    tokens[rng.random(len(tokens)) < 0.03] = SEP
-    acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
+    tokens, acts, model, ctx, d = _toy_run(seed=0)
     acts[:, 0] = (tokens == A) * 3.0  # neuron 0 fires on "Alpha", only
-    model = Transformer(TransformerConfig(vocab_size=len(VOCAB), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
     sae = Standard(d, 12)
     p = _params(features=5, min_contexts=2, split_block_contexts=2)
     alpha = {"alpha": detector(Proxy(name="alpha", regex="Alpha"))}
@@ -332,13 +337,7 @@ def test_named_units_get_pages_but_stay_out_of_the_sample_scores():
     from monosemantic.interpret import interpret_dictionary
     from monosemantic.sae.standard import Standard
 
-    torch.manual_seed(0)
-    rng = np.random.default_rng(1)
-    n_ctx, ctx, d = 60, 16, 8
-    tokens = rng.integers(0, 42, n_ctx * ctx).astype(np.int32)
-    tokens[rng.random(len(tokens)) < 0.03] = SEP
-    acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
-    model = Transformer(TransformerConfig(vocab_size=len(VOCAB), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
+    tokens, acts, model, ctx, d = _toy_run(seed=1)
     sae = Standard(d, 40)
     p = _params(features=3, min_contexts=2, split_block_contexts=2, neurons=False)
     dead = 39
