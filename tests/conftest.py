@@ -133,3 +133,13 @@ def mlflow_server(s3_server, tmp_path_factory):
     proc = start_mlflow(port, f"sqlite:///{db}", artifacts, env, tmp / "server.log")
     yield SimpleNamespace(url=f"http://127.0.0.1:{port}", artifacts=artifacts, env=env, db=db)
     stop(proc)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Order the files so that, under `-n 2 --dist loadfile --no-loadscope-reorder` (xdist would
+    otherwise sort the files by their number of tests), one worker starts building the tiny pipeline
+    at once while the other runs the unit tests, instead of waiting on its lock: the first file that
+    needs `repo`, then every file that does not, then the other files that do."""
+    needs = {item.path for item in items if "repo" in getattr(item, "fixturenames", ())}
+    first = next((item.path for item in items if item.path in needs), None)
+    items.sort(key=lambda item: 0 if item.path == first else 2 if item.path in needs else 1)  # stable
