@@ -14,15 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	@# Prefer a local CPU build of torch where the machine has one (no multi-GB CUDA download):
 	@# --no-deps because its dependencies are not local; the next install adds them around it.
 	@# Elsewhere this fails quietly and the loose range in pyproject.toml picks torch.
-	@# --no-compile: Python compiles only the modules it imports, on first use; byte-compiling every
-	@# installed file up front took 1.5 of the set-up's 3 minutes.
-	-$(PY) -m pip install -q --no-compile --no-deps --no-index "torch==2.13.0" 2>/dev/null
-	$(PY) -m pip install -q --no-compile -e .
+	-$(PY) -m pip install -q --no-deps --no-index "torch==2.13.0" 2>/dev/null
+	$(PY) -m pip install -q -e .
 	@$(PY) -c "import torch; print('set-up done: torch', torch.__version__)"
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PY) -m pip install -q --no-compile -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
