@@ -82,6 +82,17 @@ def test_batch_top_k_keeps_the_batchs_largest_also_when_one_input_takes_most():
     assert (f[0] > 0).sum() > 4 * 3
 
 
+@pytest.mark.parametrize("quantile", [0.0, 0.5, 0.9, 0.95, 0.999])
+def test_batch_top_k_floor_changes_nothing_but_the_search(quantile):
+    """A floor below the batch's k·B-th largest entry narrows the search; one above it (too few
+    candidates) or far below it (too many) falls back: every floor keeps the same entries."""
+    torch.manual_seed(1)
+    pre = torch.randn(128, 300)
+    floor = float(pre.flatten().quantile(quantile))
+    plain, floored = batch_top_k(pre, 4), batch_top_k(pre, 4, floor=floor)
+    assert torch.equal(plain, floored) and (plain > 0).sum() == 4 * 128
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_auxk_trains_dead_latents_only(arch):
     sae = _random(arch)
