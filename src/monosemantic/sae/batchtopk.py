@@ -38,8 +38,8 @@ def batch_top_k(pre: torch.Tensor, k: int, floor: float = 0.0) -> torch.Tensor:
     """ReLU of the k · len(pre) largest entries of the whole batch; zero elsewhere.
 
     `floor` only changes the speed: when at least k · len(pre) entries exceed it, the largest are
-    among them, and only they are searched (the trainer passes half of θ, which a trained batch's
-    smallest kept activation rarely falls below)."""
+    among them, and only they are searched. The trainer passes θ/2: θ follows each batch's smallest
+    kept activation, so most batches keep well above it."""
     n = k * len(pre)
     if floor > 0:
         candidates = (pre.flatten() > floor).nonzero().squeeze(1)
