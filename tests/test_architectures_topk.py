@@ -93,6 +93,14 @@ def test_batch_top_k_floor_changes_nothing_but_the_search(quantile):
     assert torch.equal(plain, floored) and (plain > 0).sum() == 4 * 128
 
 
+def test_matryoshka_prefixes_that_round_to_the_whole_leave_its_loss_alone():
+    sae = _random("matryoshka", d_sae=8, prefixes=[0.99])  # round(0.99 * 8) = 8: no inner prefix
+    x = torch.randn(40, 16)
+    out = sae(x)
+    assert sae.widths == [8]
+    torch.testing.assert_close(out.loss, out.mse / sae.input_variance)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_auxk_trains_dead_latents_only(arch):
     sae = _random(arch)

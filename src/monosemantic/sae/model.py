@@ -167,9 +167,7 @@ class _Autoencode(torch.autograd.Function):
             x_bar, W_enc, W_dec, rows, cols, vals, by_row = ctx.saved_tensors
             G = _product_at(g_xhat, W_dec, by_row, cols)  # x̂' W_decᵀ at the nonzeros
             G = G if g_f is None else G + g_f[rows, cols]
-            # The nonzeros feature by feature (CSC order). numpy: torch's parallel sort takes ~30x longer on
-            # two busy cores.
-            order = torch.from_numpy(np.argsort(cols.numpy(), kind="stable"))
+            order = _by_column(cols)
             by_col, rows_by_col = _bounds(cols, len(W_dec)), rows[order]
             g_W_dec = _bag_sums(rows_by_col, g_xhat, by_col, vals[order])  # [c] = Σ_r f[r, c] x̂'[r]
             g_W_enc = _bag_sums(rows_by_col, x_bar, by_col, G[order]).T  # [:, c] = Σ_r G[r, c] x̄[r]
@@ -180,6 +178,14 @@ class _Autoencode(torch.autograd.Function):
 def _bounds(ids: torch.Tensor, n: int) -> torch.Tensor:
     """Where each of 0..n-1 starts and ends in the sorted `ids`: n + 1 offsets."""
     return F.pad(torch.bincount(ids, minlength=n).cumsum(0), (1, 0))
+
+
+def _by_column(cols: torch.Tensor) -> torch.Tensor:
+    """The order that lists nonzeros feature by feature (CSC), stable. numpy on CPU: torch's parallel
+    sort took ~30x longer on two busy cores."""
+    if cols.device.type == "cpu":
+        return torch.from_numpy(np.argsort(cols.numpy(), kind="stable"))
+    return torch.argsort(cols, stable=True)
 
 
 def _bag_sums(index: torch.Tensor, table: torch.Tensor, bounds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
