@@ -516,7 +516,8 @@ def matched(runs: list[Run], target: float, fixed_k: bool) -> tuple[dict, str]:
 
 # ---------------------------------------------------------------- main
 def run_architecture(arch: str, impl: str, data: Data, d_sae: int, shared: Shared, sae_params,
-                     targets: list[float], seed: int, log: Callable[[Run], None]) -> list[Run]:
+                     targets: list[float], seed: int, log: Callable[[Run], None], runs_per_target: int = 5
+                     ) -> list[Run]:
     knob = knob_of(sae_params, arch)
     train_fn = train_ours if impl == "ours" else train_saelens
     train = lambda v: train_fn(arch, knob, v, data, d_sae, shared, sae_params, seed)  # noqa: E731
@@ -527,7 +528,7 @@ def run_architecture(arch: str, impl: str, data: Data, d_sae: int, shared: Share
             log(runs[-1])
         return runs
     start = START.get((impl, SAELENS[arch] if impl == "saelens" else arch), getattr(getattr(sae_params, arch), knob))
-    return sweep(train, start, targets, log=log)
+    return sweep(train, start, targets, runs_per_target, log=log)
 
 
 def speed_check(results, archs, data: Data, d_sae: int, sae_params, target: float, args, log) -> dict:
@@ -601,6 +602,8 @@ def main(argv=None) -> int:
     ap.add_argument("--speed-repeats", type=int, default=0, help="also time ours and SAELens alternately this "
                     "many times each per architecture (the speed ratio then comes from these medians)")
     ap.add_argument("--speed-samples", type=int, default=200_000, help="samples per timed run of the speed check")
+    ap.add_argument("--runs-per-target", type=int, default=5, help="most new runs a penalty sweep spends on "
+                    "each target L0: more bracket it tighter where L0 falls off a cliff")
     ap.add_argument("--cache", type=Path, default=None, help="JSON-lines file of finished runs: reused when "
                     "everything that determines a run matches (an interrupted or extended benchmark resumes)")
     args = ap.parse_args(argv)
@@ -645,14 +648,14 @@ def main(argv=None) -> int:
         if arch in DIFFERENCES:
             print(f"differences arch={arch} {DIFFERENCES[arch]}", flush=True)
         results[("ours", arch)] = run_architecture(arch, "ours", data, d_sae, shared, sae_params, targets,
-                                                   args.seed, log)
+                                                   args.seed, log, args.runs_per_target)
         name = SAELENS.get(arch)
         if args.no_saelens or name is None:
             continue
         key = f"{name}:{shared}"  # standard and standard_2024 share SAELens's standard sweep
         if key not in saelens_cache:
             saelens_cache[key] = run_architecture(arch, "saelens", data, d_sae, shared, sae_params, targets,
-                                                  args.seed, log)
+                                                  args.seed, log, args.runs_per_target)
         results[("saelens", arch)] = saelens_cache[key]
 
     speed = {}
