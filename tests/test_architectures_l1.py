@@ -69,12 +69,16 @@ def test_standard_2024_initialisation_and_scale():
     assert Standard2024.unit_norm_decoder is False and Standard2024.max_grad_norm == 1.0
 
 
-def test_jumprelu_forward_and_gradients_are_the_formulas():
+@pytest.mark.parametrize("sparse_below", [1.0, 0.0], ids=["sparse", "dense"])
+def test_jumprelu_forward_and_gradients_are_the_formulas(sparse_below):
+    """The step by hand (sparse_below 1.0: products over f's nonzeros; 0.0: dense) against the formula
+    through autograd; θ's gradient against the estimators' autograd path (an x that needs a gradient)."""
     torch.manual_seed(0)
     sae = _randomised(JumpReLU(12, 96, l0_coefficient=0.05, bandwidth=0.05), 3.0)
     with torch.no_grad():
         sae.log_threshold.copy_(torch.rand(96).mul(0.5).add(0.05).log())
-    plain = copy.deepcopy(sae)
+    sae.sparse_below = sparse_below
+    plain, estimators = copy.deepcopy(sae), copy.deepcopy(sae)
     x = torch.randn(64, 12) * 3.0
     out = sae(x, 0.05)
     s, theta = plain.input_scale, plain.log_threshold.exp().detach()
@@ -90,6 +94,10 @@ def test_jumprelu_forward_and_gradients_are_the_formulas():
     loss.backward()
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(sae, name).grad, getattr(plain, name).grad, msg=name)
+    estimators(x.clone().requires_grad_(), 0.05).loss.backward()
+    assert sae.log_threshold.grad.abs().max() > 0
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec", "log_threshold"):
+        torch.testing.assert_close(getattr(sae, name).grad, getattr(estimators, name).grad, msg=name)
     torch.testing.assert_close(sae.encode(x), out.f)
     torch.testing.assert_close(sae.decode(sae.encode(x)), out.x_hat)
     assert JumpReLU.adam_betas == (0.0, 0.999) and JumpReLU.unit_norm_decoder
@@ -97,11 +105,13 @@ def test_jumprelu_forward_and_gradients_are_the_formulas():
     assert torch.equal(fresh.W_enc, fresh.W_dec.T) and torch.allclose(fresh.log_threshold.exp(), torch.tensor(0.02))
 
 
-def test_jumprelu_threshold_gradient_is_the_papers_straight_through_estimate():
+@pytest.mark.parametrize("sparse_below", [1.0, 0.0], ids=["sparse", "dense"])
+def test_jumprelu_threshold_gradient_is_the_papers_straight_through_estimate(sparse_below):
     """θ's pseudo-derivatives (paper, eqs. 11-12) on a hand-made batch where z = x:
     ∂L/∂θ_i = Σ_b ∂L/∂f_bi · (−θ_i/ε) K((z_bi − θ_i)/ε) + (λ/B) Σ_b (−1/ε) K((z_bi − θ_i)/ε)."""
     eps, lam, theta = 0.1, 0.1, (0.5, 1.0)
     sae = JumpReLU(2, 2, l0_coefficient=lam, bandwidth=eps)
+    sae.sparse_below = sparse_below
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(2))
         sae.W_dec.copy_(torch.eye(2))

@@ -15,6 +15,11 @@ renormalised after each step) from Kaiming-uniform, W_enc = W_decᵀ at init, bi
 L0 term does not see decoder norms, so the constraint only fixes W_dec's scale). Adam (β1 = 0,
 β2 = 0.999); no resampling, no gradient clipping.
 
+Speed: on CPU the training step is differentiated by hand (`_Autoencode`), with the same
+estimators: one pass over z finds the entries above the window's lower edge, and while few are,
+the decoder and every backward product run on them alone, as the ReLU family's
+(monosemantic.sae.model).
+
 Units: training runs on x'; `encode`, `decode` and `forward` take and return x in its own units,
 with features f = f'/s: f = JumpReLU_{θ/s}(x W_enc + b_enc/s), x̂ = f W_dec + b_dec/s. The SAELens
 "jumprelu" export is that form (threshold θ/s); cfg.json keeps s as `input_scale`.
@@ -37,7 +42,8 @@ import math
 import torch
 from torch import nn
 
-from monosemantic.sae.model import Dictionary, Output
+from monosemantic.sae.model import (Dictionary, Output, _bag_sums, _bounds, _product_at, _sparse_weight_grads,
+                                     by_hand)
 
 INPUT_SCALE = "input_scale"  # cfg.json field: the s folded into the exported weights
 
@@ -73,11 +79,15 @@ class JumpReLU(Dictionary):
     def forward(self, x: torch.Tensor, coefficient: float = 0.0, dead: torch.Tensor | None = None) -> Output:
         s, theta = self.input_scale, self.log_threshold.exp()
         x_s = x * s
-        z = x_s @ self.W_enc + self.b_enc
-        f_s = _JumpReLU.apply(z, theta, self.bandwidth)
-        x_hat_s = f_s @ self.W_dec + self.b_dec
+        if by_hand(x):
+            x_hat_s, f_s, l0 = _Autoencode.apply(x_s, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta,
+                                                 self.bandwidth, self.sparse_below)
+        else:  # the formula through autograd, with the estimators' backward
+            z = x_s @ self.W_enc + self.b_enc
+            f_s = _JumpReLU.apply(z, theta, self.bandwidth)
+            x_hat_s = f_s @ self.W_dec + self.b_dec
+            l0 = _Step.apply(z, theta, self.bandwidth).sum(-1).mean()  # ‖f'‖₀
         sse = (x_hat_s - x_s).pow(2).sum(-1).mean()  # summed over dimensions, in x' units
-        l0 = _Step.apply(z, theta, self.bandwidth).sum(-1).mean()  # ‖f'‖₀
         mse = sse / (self.d_in * s * s)  # mean over elements, in x's units
         return Output(x_hat_s / s, f_s / s, sse + coefficient * l0, mse, l0)
 
@@ -130,3 +140,63 @@ class _Step(torch.autograd.Function):
     def backward(ctx, g):
         z, theta = ctx.saved_tensors
         return None, -(_window(z, theta, ctx.bandwidth) * g).sum(0), None
+
+
+class _Autoencode(torch.autograd.Function):
+    """(x̂', f', ‖f'‖₀ averaged over the batch) with z = x' W_enc + b_enc, f' = z · H(z − θ),
+    x̂' = f' W_dec + b_dec, differentiated by hand as the two estimators above and, while f' is
+    sparse, from its nonzeros alone, as `monosemantic.sae.model._Autoencode` (see there).
+
+    With D = ∂L/∂f' = x̂' W_decᵀ + (∂L/∂f' from outside): ∂L/∂z = D · H(z − θ), and θ's
+    pseudo-derivative needs D only where |z − θ| < ε/2 (the kernel's window), a sampled product:
+        ∂L/∂θ_c = −(θ_c/ε) Σ_{r in window} D[r, c] − (∂L/∂‖f'‖₀ / (B ε)) · #{r in window}.
+    No pre-encoder bias, so ∂L/∂b_dec = Σ_rows x̂'. CPU; x gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, theta, bandwidth, sparse_below):
+        z = torch.addmm(b_enc, x, W_enc)  # the one dense product
+        h = bandwidth / 2
+        above = z > theta - h  # the firing entries (z > θ) and the window's (|z − θ| < ε/2) are among these
+        ctx.sparse, ctx.bandwidth = bool(torch.count_nonzero(above) < sparse_below * z.numel()), bandwidth
+        ctx.set_materialize_grads(False)
+        if not ctx.sparse:
+            fires = z > theta
+            f = z * fires
+            window = (above & (z < theta + h)).nonzero().T.contiguous()
+            ctx.save_for_backward(x, W_dec, theta, f, *window)
+            return torch.addmm(b_dec, f, W_dec), f, z.new_tensor(int(fires.sum()) / len(x))
+        r, c = above.nonzero().T  # input by input
+        z_rc, theta_c = z[r, c], theta[c]
+        fires, near = z_rc > theta_c, z_rc < theta_c + h
+        rows, cols, vals = r[fires].contiguous(), c[fires].contiguous(), z_rc[fires]
+        f = torch.zeros_like(z).index_put_((rows, cols), vals)
+        by_row = _bounds(rows, len(f))
+        ctx.save_for_backward(x, W_dec, theta, rows, cols, vals, by_row, r[near].contiguous(), c[near].contiguous())
+        return _bag_sums(cols, W_dec, by_row, vals) + b_dec, f, z.new_tensor(len(rows) / len(x))
+
+    @staticmethod
+    def backward(ctx, g_xhat, g_f, g_l0):
+        x, W_dec, theta = ctx.saved_tensors[:3]
+        w_rows, w_cols = ctx.saved_tensors[-2:]
+        if g_xhat is None:
+            g_xhat = torch.zeros(len(x), W_dec.shape[1], dtype=x.dtype)
+        if not ctx.sparse:
+            f = ctx.saved_tensors[3]
+            D = g_xhat @ W_dec.T
+            D = D if g_f is None else D + g_f
+            G = D * (f > 0)
+            g_W_dec, g_W_enc, g_b_enc = f.T @ g_xhat, x.T @ G, G.sum(0)
+            D_window = D[w_rows, w_cols]
+        else:
+            rows, cols, vals, by_row = ctx.saved_tensors[3:7]
+            G = _product_at(g_xhat, W_dec, by_row, cols)  # D at the nonzeros
+            G = G if g_f is None else G + g_f[rows, cols]
+            g_W_enc, g_b_enc, g_W_dec = _sparse_weight_grads(x, g_xhat, rows, cols, vals, G, len(W_dec))
+            D_window = _product_at(g_xhat, W_dec, _bounds(w_rows, len(x)), w_cols)
+            D_window = D_window if g_f is None else D_window + g_f[w_rows, w_cols]
+        eps = ctx.bandwidth
+        g_theta = -(theta / eps) * theta.new_zeros(len(theta)).index_add_(0, w_cols, D_window)
+        if g_l0 is not None:
+            g_theta -= g_l0 / (len(x) * eps) * torch.bincount(w_cols, minlength=len(theta)).to(theta.dtype)
+        return None, g_W_enc, g_b_enc, g_W_dec, g_xhat.sum(0), g_theta, None, None

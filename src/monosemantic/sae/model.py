@@ -80,7 +80,7 @@ class Dictionary(nn.Module):
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x̂, f) with f = activation(x̄ W_enc + b_enc), an activation that keeps some positive
         pre-activations and zeroes the rest (ReLU, TopK, BatchTopK): cheap while f is sparse."""
-        if x.requires_grad or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
+        if not by_hand(x):
             f = activation((x - self.b_dec) @ self.W_enc + self.b_enc)  # the formula through autograd
             return self.decode(f), f
         return _Autoencode.apply(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec, self.sparse_below, activation)
@@ -125,6 +125,12 @@ class Dictionary(nn.Module):
         return sae
 
 
+def by_hand(x: torch.Tensor) -> bool:
+    """Whether a hand-differentiated step applies: on CPU, outside autocast, for an x that needs no
+    gradient; elsewhere the formula runs through autograd."""
+    return not (x.requires_grad or x.device.type != "cpu" or torch.is_autocast_enabled("cpu"))
+
+
 class _Autoencode(torch.autograd.Function):
     """(x̂, f) = (a(x̄ W_enc + b_enc) W_dec + b_dec, f), x̄ = x − b_dec, with a hand-written backward,
     for an activation a that passes some positive entries through unchanged and zeroes the rest.
@@ -167,12 +173,19 @@ class _Autoencode(torch.autograd.Function):
             x_bar, W_enc, W_dec, rows, cols, vals, by_row = ctx.saved_tensors
             G = _product_at(g_xhat, W_dec, by_row, cols)  # x̂' W_decᵀ at the nonzeros
             G = G if g_f is None else G + g_f[rows, cols]
-            order = _by_column(cols)
-            by_col, rows_by_col = _bounds(cols, len(W_dec)), rows[order]
-            g_W_dec = _bag_sums(rows_by_col, g_xhat, by_col, vals[order])  # [c] = Σ_r f[r, c] x̂'[r]
-            g_W_enc = _bag_sums(rows_by_col, x_bar, by_col, G[order]).T  # [:, c] = Σ_r G[r, c] x̄[r]
-            g_b_enc = G.new_zeros(len(W_dec)).index_add_(0, cols, G)
+            g_W_enc, g_b_enc, g_W_dec = _sparse_weight_grads(x_bar, g_xhat, rows, cols, vals, G, len(W_dec))
         return None, g_W_enc, g_b_enc, g_W_dec, g_xhat.sum(0) - W_enc @ g_b_enc, None, None
+
+
+def _sparse_weight_grads(x_in: torch.Tensor, g_xhat: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
+                         vals: torch.Tensor, G: torch.Tensor, d_sae: int) -> tuple[torch.Tensor, ...]:
+    """(∂L/∂W_enc, ∂L/∂b_enc, ∂L/∂W_dec) = (x_inᵀ G, Σ_rows G, fᵀ x̂') from f's nonzeros (rows, cols)
+    with values `vals` and G there: one embedding bag per feature, O(nonzeros · d_in)."""
+    order = _by_column(cols)
+    by_col, rows_by_col = _bounds(cols, d_sae), rows[order]
+    g_W_dec = _bag_sums(rows_by_col, g_xhat, by_col, vals[order])  # [c] = Σ_r f[r, c] x̂'[r]
+    g_W_enc = _bag_sums(rows_by_col, x_in, by_col, G[order]).T  # [:, c] = Σ_r G[r, c] x_in[r]
+    return g_W_enc, G.new_zeros(d_sae).index_add_(0, cols, G), g_W_dec
 
 
 def _bounds(ids: torch.Tensor, n: int) -> torch.Tensor:
