@@ -61,7 +61,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -203,7 +203,8 @@ def random_baseline(data: Data, d_sae: int, seed: int = 0) -> float:
 # ---------------------------------------------------------------- the shared recipe
 @dataclass(frozen=True)
 class Shared:
-    """Hyper-parameters both implementations take, identical on both sides."""
+    """Hyper-parameters both implementations take, identical on both sides (but SAELens's learning
+    rate under --saelens-lr)."""
 
     steps: int
     batch_size: int
@@ -552,8 +553,9 @@ def speed_check(results, archs, data: Data, d_sae: int, sae_params, target: floa
                 near = min(results[(impl, arch)], key=lambda r: abs(math.log(max(r.l0, 1e-9) / target)))
                 global CACHE
                 saved, CACHE = CACHE, None
+                recipe = replace(shared, lr=args.saelens_lr or shared.lr) if impl == "saelens" else shared
                 try:
-                    run = fn(arch, knob, near.value, small, d_sae, shared, sae_params, args.seed)
+                    run = fn(arch, knob, near.value, small, d_sae, recipe, sae_params, args.seed)
                 finally:
                     CACHE = saved
                 rates[impl].append(run.tokens_per_s)
@@ -583,6 +585,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-samples", type=int, default=100_000)
     ap.add_argument("--batch-size", type=int, default=1024, help="SAELens's synthetic default")
     ap.add_argument("--lr", type=float, default=None, help="both trainers (default: params.yaml's per architecture)")
+    ap.add_argument("--saelens-lr", type=float, default=None, help="SAELens's trainer only (default: the same as "
+                    "ours): a recipe tuned for unit-norm decoder rows may not suit free ones that start at 0.1")
     ap.add_argument("--l0", type=float, default=None, help="matched L0 (default: round(true L0))")
     ap.add_argument("--f1-l0", type=float, default=25.0, help="second target: F1 at this L0 (SynthSAEBench: 25)")
     ap.add_argument("--zipf-exponent", type=float, default=1.0)
@@ -652,9 +656,12 @@ def main(argv=None) -> int:
         name = SAELENS.get(arch)
         if args.no_saelens or name is None:
             continue
-        key = f"{name}:{shared}"  # standard and standard_2024 share SAELens's standard sweep
+        theirs = replace(shared, lr=args.saelens_lr or shared.lr)
+        if theirs != shared:
+            print(f"shared impl=saelens arch={arch} lr={theirs.lr}", flush=True)
+        key = f"{name}:{theirs}"  # standard and standard_2024 share SAELens's standard sweep
         if key not in saelens_cache:
-            saelens_cache[key] = run_architecture(arch, "saelens", data, d_sae, shared, sae_params, targets,
+            saelens_cache[key] = run_architecture(arch, "saelens", data, d_sae, theirs, sae_params, targets,
                                                   args.seed, log, args.runs_per_target)
         results[("saelens", arch)] = saelens_cache[key]
 
