@@ -6,7 +6,9 @@
 Decoder rows at unit norm (the parallel gradient removed before each step, rows renormalised
 after), b_dec at the geometric median of a sample, Adam, and neuron resampling at the configured
 steps (monosemantic.sae.resample). No deviation from the paper's recipe; its scale (batch 8192,
-1M steps) is a params change (params/paper.yaml).
+1M steps) is a params change (params/paper.yaml). The learning rate is params.yaml's
+sae.standard.lr, 0.01 for the default 1,000-step run: unit-norm decoder rows move by about lr per
+step, and at 1e-3 they barely settle (README, "Dictionary architectures").
 """
 
 from __future__ import annotations
