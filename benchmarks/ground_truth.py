@@ -247,6 +247,11 @@ def shared_recipe(sae_params, arch: str, n_train: int, batch_size: int, lr: floa
                   coefficient_warmup_steps=frac(t.l1_warmup_steps), dead_window=max(1, frac(t.dead_window)))
 
 
+def for_saelens(shared: Shared, lr: float | None) -> Shared:
+    """SAELens's copy of the shared recipe: --saelens-lr, when given, replaces the learning rate."""
+    return replace(shared, lr=lr or shared.lr)
+
+
 def knob_of(sae_params, arch: str) -> str:
     fields = type(getattr(sae_params, arch)).model_fields
     knob = next((k for k in KNOBS if k in fields), None)
@@ -553,7 +558,7 @@ def speed_check(results, archs, data: Data, d_sae: int, sae_params, target: floa
                 near = min(results[(impl, arch)], key=lambda r: abs(math.log(max(r.l0, 1e-9) / target)))
                 global CACHE
                 saved, CACHE = CACHE, None
-                recipe = replace(shared, lr=args.saelens_lr or shared.lr) if impl == "saelens" else shared
+                recipe = for_saelens(shared, args.saelens_lr) if impl == "saelens" else shared
                 try:
                     run = fn(arch, knob, near.value, small, d_sae, recipe, sae_params, args.seed)
                 finally:
@@ -656,7 +661,7 @@ def main(argv=None) -> int:
         name = SAELENS.get(arch)
         if args.no_saelens or name is None:
             continue
-        theirs = replace(shared, lr=args.saelens_lr or shared.lr)
+        theirs = for_saelens(shared, args.saelens_lr)
         if theirs != shared:
             print(f"shared impl=saelens arch={arch} lr={theirs.lr}", flush=True)
         key = f"{name}:{theirs}"  # standard and standard_2024 share SAELens's standard sweep

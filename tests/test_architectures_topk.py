@@ -93,6 +93,20 @@ def test_batch_top_k_floor_changes_nothing_but_the_search(quantile):
     assert torch.equal(plain, floored) and (plain > 0).sum() == 4 * 128
 
 
+def test_matryoshka_input_that_needs_a_gradient_takes_autograd_with_the_same_weight_gradients():
+    sae = _random("matryoshka")
+    plain = copy.deepcopy(sae)
+    x, dead = torch.randn(40, 16), torch.arange(96) % 3 == 0
+    sae(x, 0.3, dead).loss.backward()  # by hand
+    x_grad = x.clone().requires_grad_()
+    plain(x_grad, 0.3, dead).loss.backward()  # autograd: x gets its gradient too, every prefix's part
+    x_ref = x.clone().requires_grad_()
+    reference(copy.deepcopy(sae), x_ref, 0.3, dead)[2].backward()
+    torch.testing.assert_close(x_grad.grad, x_ref.grad)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(sae, name).grad, getattr(plain, name).grad, msg=name)
+
+
 def test_matryoshka_prefixes_that_round_to_the_whole_leave_its_loss_alone():
     sae = _random("matryoshka", d_sae=8, prefixes=[0.99])  # round(0.99 * 8) = 8: no inner prefix
     x = torch.randn(40, 16)

@@ -11,7 +11,8 @@ learn the general, frequent features and later ones refine them rather than abso
 The whole dictionary is the last prefix; inference, θ, AuxK (on the whole dictionary's
 residual), initialisation, decoder constraint and the SAELens export ("jumprelu") are
 BatchTopK's. The inner prefixes' reconstructions are sums over f's nonzeros (embedding bags),
-O(nonzeros · d_in) for all of them together, not dense products, differentiated by hand with their MSEs (`_InnerMSEs`).
+O(nonzeros · d_in) for all of them together, not dense products; on CPU their MSEs are
+differentiated by hand (`_InnerMSEs`).
 
 Differences from the papers:
 - The mean over the prefixes, where Bussmann et al. write the sum: the loss stays on one
@@ -27,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from monosemantic.sae.batchtopk import BatchTopK
-from monosemantic.sae.model import Output, _bag_sums, _bounds, _by_column, _product_at
+from monosemantic.sae.model import Output, _bag_sums, _bounds, _by_column, _product_at, by_hand
 
 
 class Matryoshka(BatchTopK):
@@ -58,7 +59,7 @@ class Matryoshka(BatchTopK):
         rows, cols = f.detach()[:, :inner[-1]].nonzero().T  # input by input, latents ascending: so by group
         groups = torch.bucketize(cols, torch.tensor(inner[:-1], device=cols.device), right=True)
         values = f[rows, cols].to(self.W_dec.dtype)  # f may be in autocast's precision
-        if f.device.type == "cpu":
+        if by_hand(x):
             return _InnerMSEs.apply(values, self.W_dec, self.b_dec, x, rows, cols, groups, len(inner))
         parts = _bag_sums(cols, self.W_dec, _bounds(rows * len(inner) + groups, len(f) * len(inner)), values)
         x_hats = parts.view(len(f), len(inner), -1).cumsum(1) + self.b_dec
