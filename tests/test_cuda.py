@@ -1,6 +1,7 @@
 """On a CUDA device, the library does what it does on the CPU: every architecture's loss and
 gradients (autograd there, the hand-written sparse step here), training with resampling and its
-resume, bf16 autocast, the activation cache, the subject model and the evaluation.
+resume, a diverging run's stop, bf16 autocast, the activation cache, the subject model and the
+evaluation.
 
 Skipped where torch sees no CUDA device (CI has none); run them on a GPU machine with
 `python -m pytest tests/test_cuda.py`.
@@ -26,9 +27,9 @@ from monosemantic.model.train import train_model
 from monosemantic.sae import ARCHITECTURES, build
 from monosemantic.sae.export import load_sae, save_sae
 from monosemantic.sae.standard import Standard
-from monosemantic.sae.trainer import TrainConfig, adam, train_sae, train_step
+from monosemantic.sae.trainer import adam, train_sae, train_step
 from tests.test_model import CFG, _corpus, _params
-from tests.test_sae_training import D_IN, N_TRUE, Killed, SparseWorld, cfg, recovery
+from tests.test_sae_training import D_IN, N_TRUE, Killed, SparseWorld, cfg, diverge, recovery
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = Compute(torch.device("cuda")) if torch.cuda.is_available() else None
@@ -137,6 +138,10 @@ def test_training_on_cuda_resamples_and_resumes_to_the_same_weights(tmp_path):
     loaded = load_sae(tmp_path / "sae")
     assert loaded.W_dec.device.type == "cpu"
     torch.testing.assert_close(loaded.W_dec, resumed.W_dec.cpu())
+
+
+def test_a_non_finite_loss_on_cuda_names_its_step_and_keeps_the_finite_checkpoint(tmp_path):
+    diverge(tmp_path, CUDA)  # steps queue on the GPU; the loss is checked before the checkpoint at step 30
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu"])

@@ -4,6 +4,7 @@ import torch
 import zarr
 
 from monosemantic.activations.reader import ShuffledReader
+from monosemantic.compute import Compute
 from monosemantic.sae.export import load_sae, save_sae
 from monosemantic.sae.standard import Standard
 from monosemantic.sae.trainer import TrainConfig, train_sae
@@ -141,7 +142,8 @@ def test_saelens_format_round_trip(tmp_path):
     torch.testing.assert_close(theirs(x), sae(x).x_hat.detach(), rtol=1e-5, atol=1e-5)
 
 
-def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+def diverge(tmp_path, compute=Compute()):
+    """A loss that becomes infinite at step 26 of 40, checkpoints every 10 steps."""
     from monosemantic.sae.trainer import TrainingDiverged
 
     world = SparseWorld(seed=4)
@@ -158,6 +160,11 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path
     c = cfg(steps=40, batch_size=64, checkpoint_every=10)
     ckpt = tmp_path / "ck.pt"
     with pytest.raises(TrainingDiverged, match=r"at step 26 .*checkpoint .* is kept"):
-        train_sae(Standard(D_IN, 32, 0.01), batches, lambda n, g: world.sample(n, g), c, ckpt, "fp")
+        train_sae(Standard(D_IN, 32, 0.01).to(compute.device), batches, lambda n, g: world.sample(n, g), c, ckpt,
+                  "fp", compute=compute)
     saved = torch.load(ckpt, weights_only=False)
     assert saved["state"].step == 20 and all(torch.isfinite(v).all() for v in saved["sae"].values())
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    diverge(tmp_path)

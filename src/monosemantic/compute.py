@@ -72,7 +72,12 @@ class Compute:
         """Host to device without stalling the device: from pinned memory, asynchronously."""
         if self.device.type != "cuda":
             return t.to(self.device)
-        return t.pin_memory().to(self.device, non_blocking=True)
+        return (t if t.is_pinned() else t.pin_memory()).to(self.device, non_blocking=True)
+
+    def host_ready(self, t: torch.Tensor) -> torch.Tensor:
+        """A batch made ready for `to_device` on a reading thread: pinned for a GPU (which converts
+        it to float32 after the copy), float32 for the CPU."""
+        return t.pin_memory() if self.device.type == "cuda" else t.float()
 
     def part(self, n: int) -> slice:
         """This rank's share of n rows (a global batch): contiguous, as equal as n allows."""

@@ -141,14 +141,15 @@ def train_sae(
             state = saved["state"]
             state.steps_since_fired = state.steps_since_fired.to(compute.device)
             print(f"resuming SAE training from {checkpoint} at step {state.step}")
-    data = _ReadAhead(batches(state.step * cfg.batch_size))  # reading starts now, during b_dec's init
+    # reading starts now, during b_dec's init
+    data = _ReadAhead(batches(state.step * cfg.batch_size), compute.host_ready)
     if state.step == 0:
         with torch.no_grad():
             if compute.is_main:
                 sae.initialize(compute.to_device(sample_inputs(min(cfg.resample_inputs, 32_768), gen)))
             compute.broadcast_([*sae.parameters(), *sae.buffers()])  # every rank starts from rank 0's weights
 
-    t0, start = time.perf_counter(), state.step
+    t0, start, finite = time.perf_counter(), state.step, _Finite(compute.device)
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train_sae d_sae={sae.d_sae}", unit="step",
                disable=not compute.is_main)
     while state.step < cfg.steps:
@@ -156,19 +157,19 @@ def train_sae(
         coefficient = sae.coefficient * warmup
         for group in opt.param_groups:
             group["lr"] = lr
-        x = compute.to_device(next(data))
+        x = compute.to_device(next(data)).float()
         dead = state.steps_since_fired >= cfg.dead_window  # for auxiliary losses on dead latents
         out = train_step(sae, opt, x, coefficient, compute, len(x) / cfg.batch_size, dead)
-        if not torch.isfinite(out.loss):  # the global loss: every rank stops together
-            kept = f"the checkpoint {checkpoint} is kept" if checkpoint is not None and checkpoint.exists() else "no checkpoint was written"
-            raise TrainingDiverged(f"the SAE loss became {out.loss.item()} at step {state.step + 1} (d_sae={sae.d_sae}); "
-                                   f"{kept} and no dictionary is written. Lower sae.train.lr or check the activations, "
-                                   "then re-run")
+        finite.record(out.loss, state.step + 1)
         state.steps_since_fired = torch.where(out.fired, 0, state.steps_since_fired + 1)
         state.step += 1
         state.tokens += cfg.batch_size
 
         resampling, resampled = state.step in resample_steps, 0
+        at_checkpoint = state.step % cfg.checkpoint_every == 0
+        if (compute.device.type == "cpu" or resampling or at_checkpoint or state.step % cfg.log_every == 0
+                or state.step == cfg.steps):  # the host reads the state: was every step's loss finite?
+            finite.check(sae.d_sae, checkpoint)
         if resampling:
             dead = state.steps_since_fired >= min(cfg.dead_window, state.step)  # the same on every rank
             if compute.is_main:
@@ -188,8 +189,7 @@ def train_sae(
             log(state.step, row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}", tok_s=f"{rate:.0f}", refresh=False)
         bar.update(1)
-        if (checkpoint is not None and compute.is_main and state.step % cfg.checkpoint_every == 0
-                and state.step < cfg.steps):
+        if checkpoint is not None and compute.is_main and at_checkpoint and state.step < cfg.steps:
             _save(checkpoint, sae, opt, gen, state, fingerprint)
     bar.close()
     return state
@@ -205,16 +205,39 @@ def _broadcast_resampled(sae: Dictionary, opt: torch.optim.Adam, compute: Comput
         compute.broadcast_([sae.W_enc, sae.b_enc, sae.W_dec, *moments])
 
 
-class _ReadAhead:
-    """The batches of `batches`, each read in a background thread while the one before it trains
-    (the first from construction on)."""
+class _Finite:
+    """Whether every step's loss (the global one: every rank stops together) was finite. Recorded on
+    the device and checked where the host reads the state anyway (a GPU's steps then queue without
+    waiting for each other), so a non-finite step is never logged, resampled from or checkpointed."""
 
-    def __init__(self, batches: Iterator[torch.Tensor]):
-        self.batches, self.reader = batches, ThreadPoolExecutor(max_workers=1)
-        self.pending = self.reader.submit(next, batches)
+    def __init__(self, device: torch.device):
+        self.first = torch.zeros((), dtype=torch.long, device=device)  # the first non-finite step; 0: none
+        self.loss = torch.zeros((), device=device)
+
+    def record(self, loss: torch.Tensor, step: int) -> None:
+        new = (self.first == 0) & ~torch.isfinite(loss)
+        self.first = torch.where(new, step, self.first)
+        self.loss = torch.where(new, loss.detach().float(), self.loss)
+
+    def check(self, d_sae: int, checkpoint: Path | None) -> None:
+        if step := int(self.first):
+            kept = f"the checkpoint {checkpoint} is kept" if checkpoint is not None and checkpoint.exists() else "no checkpoint was written"
+            raise TrainingDiverged(f"the SAE loss became {float(self.loss)} at step {step} (d_sae={d_sae}); "
+                                   f"{kept} and no dictionary is written. Lower sae.train.lr or check the activations, "
+                                   "then re-run")
+
+
+class _ReadAhead:
+    """The batches of `batches`, each read and `prepare`d in a background thread while the one
+    before it trains (the first from construction on)."""
+
+    def __init__(self, batches: Iterator[torch.Tensor], prepare: Callable[[torch.Tensor], torch.Tensor]):
+        self.reader = ThreadPoolExecutor(max_workers=1)
+        self.read = lambda: prepare(next(batches))
+        self.pending = self.reader.submit(self.read)
 
     def __next__(self) -> torch.Tensor:
-        batch, self.pending = self.pending.result(), self.reader.submit(next, self.batches)
+        batch, self.pending = self.pending.result(), self.reader.submit(self.read)
         return batch
 
 
