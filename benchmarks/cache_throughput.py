@@ -50,7 +50,7 @@ def subject(model_dir: Path, n_seq: int):
 def run_cache(model, tokens, out: Path, layout: Layout, batch_seqs: int, compute: Compute) -> dict:
     def acts(t: torch.Tensor) -> torch.Tensor:  # as stages/cache_activations.py calls the model
         with compute.autocast():
-            return capture(model, "mlp.act", compute.to_device(t)).cpu()
+            return capture(model, "mlp.act", compute.to_device(t))
 
     d = acts(torch.from_numpy(tokens[:1]).long()).shape[-1]
     return cache_activations(acts, tokens, np.arange(len(tokens)), out, d, layout, batch_seqs, {"splits": {}},

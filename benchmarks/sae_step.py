@@ -33,7 +33,9 @@ import numpy as np
 import torch
 import zarr
 
+from monosemantic.activations import Layout
 from monosemantic.activations.reader import ShuffledReader
+from monosemantic.activations.store import VerifiedArray
 from monosemantic.compute import DTYPES, Compute, resolve_device
 from monosemantic.errors import UserError
 from monosemantic import params as schema
@@ -157,8 +159,13 @@ def main():
     print(f"matmul_peak_gflops={peak / 1e9:.1f}")
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = zarr.create_array(Path(tmp) / "a.zarr", shape=(rows, d), chunks=(2048, d), dtype="float16")
-        store[:] = acts.half().numpy()
+        # As the cache writes it (activations.* defaults: 2048-row chunks of lz4, crc32c, 16 to a shard),
+        # read as the stage reads it (every chunk's checksum and values checked).
+        path, codecs = Path(tmp) / "a.zarr", Layout(ctx=128).codecs()
+        array = zarr.create_array(path, shape=(rows, d), chunks=(2048, d), shards=(16 * 2048, d), dtype="float16",
+                                  compressors=codecs)
+        array[:] = acts.half().numpy()
+        store = VerifiedArray(array, path, "acts")
 
         def batches(position):
             return iter(ShuffledReader(store, 0, rows, b, seed=0, window_chunks=16, position=position))

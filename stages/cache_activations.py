@@ -53,7 +53,7 @@ def main() -> None:
         rows = np.concatenate([np.arange(n_train), store.n_train + np.arange(n_eval)])
         def acts(tokens: torch.Tensor) -> torch.Tensor:
             with compute.autocast():
-                return capture(model, hook, compute.to_device(tokens)).cpu()
+                return capture(model, hook, compute.to_device(tokens))  # the cache takes it off the device
 
         d = acts(torch.from_numpy(store.tokens[:1]).long()).shape[-1]
         check_memory(s.params, d)  # the real width, for a Hugging Face model too

@@ -346,23 +346,24 @@ def cache_activations(
 def _forward(acts_fn, tokens: np.ndarray, layout: Layout, d: int, batch_seqs: int, hook: str | None,
              shard: int) -> tuple[np.ndarray, np.ndarray]:
     """The activations of `tokens` ``[seqs, ctx]`` as the store holds them, and each token's norm, of the
-    stored values (so a resumed run, and the exclusion rule, see what a reader will)."""
+    stored values (so a resumed run, and the exclusion rule, see what a reader will). Rounded to the
+    store's dtype and measured where `acts_fn` left them (a GPU's output crosses to the host at the
+    store's width, and the host does no per-value work)."""
     acts = np.empty((len(tokens), layout.ctx, d), dtype=_BUFFER[layout.dtype])
     norms = np.empty((len(tokens), layout.ctx), dtype=np.float64)
     for i in range(0, len(tokens), batch_seqs):
         out_b = acts_fn(torch.from_numpy(tokens[i : i + batch_seqs]).long())
-        stored = torch.from_numpy(acts[i : i + batch_seqs])
-        if layout.dtype == "bfloat16":
-            as_bf16 = out_b.to(torch.bfloat16)
-            stored.copy_(as_bf16.view(torch.int16))  # the bits
-            values = as_bf16.float()
+        if layout.dtype == "float32":
+            stored = out_b.float()
+            n = stored.double().norm(dim=-1)
         else:
-            stored.copy_(out_b)  # cast in place
-            values = stored.double() if layout.dtype == "float32" else stored.float()
-        n = values.norm(dim=-1)
+            stored = out_b.to(torch.bfloat16 if layout.dtype == "bfloat16" else torch.float16)
+            n = stored.float().norm(dim=-1)
+            stored = stored.view(torch.int16) if layout.dtype == "bfloat16" else stored  # the bits
         if not torch.isfinite(n).all():
             _refuse(out_b, hook, shard, layout.dtype)
-        norms[i : i + batch_seqs] = n.numpy()
+        torch.from_numpy(acts[i : i + batch_seqs]).copy_(stored)
+        norms[i : i + batch_seqs] = n.cpu().numpy()
     return acts, norms.reshape(-1)
 
 
