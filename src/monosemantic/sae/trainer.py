@@ -171,12 +171,13 @@ def train_sae(
         resampling, resampled = state.step in resample_steps, 0
         if resampling:
             dead = state.steps_since_fired >= min(cfg.dead_window, state.step)  # the same on every rank
-            if compute.is_main:
-                inputs = compute.to_device(sample_inputs(cfg.resample_inputs, gen))
-                resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, coefficient), gen)
-            _broadcast_resampled(sae, opt, compute)
-            state.steps_since_fired[dead] = 0
             resampled = int(dead.sum())
+            if resampled:  # only dead neurons are resampled: with none, no inputs are drawn or scored
+                if compute.is_main:
+                    inputs = compute.to_device(sample_inputs(cfg.resample_inputs, gen))
+                    resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, coefficient), gen)
+                _broadcast_resampled(sae, opt, compute)
+                state.steps_since_fired[dead] = 0
             state.resampled.append((state.step, resampled))
         if resampling or state.step % cfg.log_every == 0 or state.step == cfg.steps:
             dead_now = int((state.steps_since_fired >= min(cfg.dead_window, state.step)).sum())
