@@ -43,7 +43,8 @@ class Dictionary(nn.Module):
     resamples: ClassVar[bool] = False  # the 2023 recipe's neuron resampling
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     max_grad_norm: ClassVar[float | None] = None
-    sparse_below = 0.1  # _Autoencode works on f's nonzeros while fewer than this fraction of f fire
+    sparse_below = 0.2  # _Autoencode works on f's nonzeros while fewer than this fraction of f fire: the measured
+    # crossover (batch 1024, d_in 128, d_sae 512, one thread: ReLU and JumpReLU alike)
 
     def __init__(self, d_in: int, d_sae: int, coefficient: float = 0.0):
         super().__init__()
