@@ -42,7 +42,7 @@ import math
 import torch
 from torch import nn
 
-from monosemantic.sae.model import (Dictionary, Output, _bag_sums, _bounds, _nonzeros, _product_at,
+from monosemantic.sae.model import (Dictionary, Output, _bag_sums, _bounds, _entries_above, _product_at,
                                      _sparse_weight_grads, by_hand)
 
 INPUT_SCALE = "input_scale"  # cfg.json field: the s folded into the exported weights
@@ -159,16 +159,17 @@ class _Autoencode(torch.autograd.Function):
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, theta, bandwidth, sparse_below, s):
         z = torch.addmm(b_enc, x, W_enc)  # the one dense product
         h = bandwidth / 2
-        above = z > theta - h  # the firing entries (z > θ) and the window's (|z − θ| < ε/2) are among these
-        ctx.sparse, ctx.bandwidth = bool(torch.count_nonzero(above) < sparse_below * z.numel()), bandwidth
+        # the firing entries (z > θ) and the window's (|z − θ| < ε/2) are among those above θ − ε/2
+        above = _entries_above(z, theta - h, sparse_below)  # input by input
+        ctx.sparse, ctx.bandwidth = above is not None, bandwidth
         ctx.set_materialize_grads(False)
         if not ctx.sparse:
             fires = z > theta
             f = z * fires
-            window = (above & (z < theta + h)).nonzero().T.contiguous()
+            window = ((z > theta - h) & (z < theta + h)).nonzero().T.contiguous()
             ctx.save_for_backward(x, W_dec, theta, s, f, *window)
             return torch.addmm(b_dec, f, W_dec), f / s, z.new_tensor(int(fires.sum()) / len(x))
-        r, c, at = _nonzeros(above)  # input by input
+        r, c, at = above
         z_rc, theta_c = z.view(-1).index_select(0, at), theta.index_select(0, c)
         fires, near = (z_rc > theta_c).nonzero().squeeze(1), (z_rc < theta_c + h).nonzero().squeeze(1)
         rows, cols, vals = r.index_select(0, fires), c.index_select(0, fires), z_rc.index_select(0, fires)

@@ -150,13 +150,13 @@ class _Autoencode(torch.autograd.Function):
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, sparse_below, activation):
         x_bar = x - b_dec
         f = activation(torch.addmm(b_enc, x_bar, W_enc))  # the one dense product
-        active = f > 0
-        ctx.sparse = bool(torch.count_nonzero(active) < sparse_below * f.numel())
+        nonzeros = _entries_above(f, 0.0, sparse_below)  # input by input (CSR order)
+        ctx.sparse = nonzeros is not None
         ctx.set_materialize_grads(False)
         if not ctx.sparse:
             ctx.save_for_backward(x_bar, W_enc, W_dec, f)
             return torch.addmm(b_dec, f, W_dec), f
-        rows, cols, at = _nonzeros(active)  # input by input (CSR order)
+        rows, cols, at = nonzeros
         vals, by_row = f.view(-1).index_select(0, at), _bounds(rows, len(f))
         ctx.save_for_backward(x_bar, W_enc, W_dec, rows, cols, vals, by_row)
         return _bag_sums(cols, W_dec, by_row, vals) + b_dec, f  # x̂[r] = Σ_c f[r, c] W_dec[c] + b_dec
@@ -194,11 +194,16 @@ def _bounds(ids: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(torch.bincount(ids, minlength=n).cumsum(0), (1, 0))
 
 
-def _nonzeros(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(rows, columns, flat positions) of a 2-D CPU mask's True entries, row by row. numpy: torch's
-    nonzero took ~3x longer on one busy core."""
-    at = np.flatnonzero(mask.numpy())
-    rows, cols = np.divmod(at, mask.shape[1])
+def _entries_above(t: torch.Tensor, floor: torch.Tensor | float, fewer_than: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(rows, columns, flat positions) of the entries of a 2-D CPU tensor above `floor` (a number, or
+    one per column), row by row; None unless they are fewer than `fewer_than` of all. numpy: its
+    compare and flatnonzero took ~40% of the time of torch's gt and nonzero on one busy core."""
+    above = t.numpy() > (floor.numpy() if isinstance(floor, torch.Tensor) else floor)
+    if np.count_nonzero(above) >= fewer_than * above.size:
+        return None
+    at = np.flatnonzero(above)
+    rows, cols = np.divmod(at, above.shape[1])
     return torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(at)
 
 
