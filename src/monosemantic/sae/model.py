@@ -235,9 +235,8 @@ def geometric_median(points: torch.Tensor, iters: int = 100, tol: float = 1e-6) 
     """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances."""
     median = points.mean(0)
     for _ in range(iters):
-        dist = (points - median).norm(dim=1).clamp_min(1e-8)
-        weights = 1 / dist
-        new = (weights[:, None] * points).sum(0) / weights.sum()
+        weights = 1 / (points - median).norm(dim=1).clamp_min(1e-8)
+        new = weights @ points / weights.sum()  # one product, no points-sized temporary
         if (new - median).norm() < tol * max(1.0, median.norm().item()):
             return new
         median = new
