@@ -79,6 +79,22 @@ def test_resampling_revives_dead_neurons_and_lowers_the_loss():
     assert recovery(with_rs, world) > recovery(without, world)
 
 
+def test_a_resampling_step_with_no_dead_neuron_draws_and_scores_no_inputs():
+    world = SparseWorld(seed=3)
+    drawn = []
+
+    def sample_inputs(n, g):
+        drawn.append(n)
+        return world.sample(n, g)
+
+    torch.manual_seed(0)
+    sae = Standard(D_IN, 96, l1_coefficient=1e-4)  # a weak penalty: every neuron keeps firing
+    state = train_sae(sae, world.batches(256), sample_inputs,
+                      cfg(steps=60, batch_size=256, resample_steps=(20, 40), dead_window=10, resample_inputs=1024))
+    assert state.resampled == [(20, 0), (40, 0)]  # both events logged, with no neuron
+    assert drawn == [1024]  # b_dec's initial sample only
+
+
 class Killed(Exception):
     pass
 

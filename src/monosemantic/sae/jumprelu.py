@@ -42,8 +42,8 @@ import math
 import torch
 from torch import nn
 
-from monosemantic.sae.model import (Dictionary, Output, _bag_sums, _bounds, _product_at, _sparse_weight_grads,
-                                     by_hand)
+from monosemantic.sae.model import (Dictionary, Output, _bag_sums, _bounds, _entries_above, _product_at,
+                                     _sparse_weight_grads, by_hand)
 
 INPUT_SCALE = "input_scale"  # cfg.json field: the s folded into the exported weights
 
@@ -80,16 +80,16 @@ class JumpReLU(Dictionary):
         s, theta = self.input_scale, self.log_threshold.exp()
         x_s = x * s
         if by_hand(x):
-            x_hat_s, f_s, l0 = _Autoencode.apply(x_s, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta,
-                                                 self.bandwidth, self.sparse_below)
+            x_hat_s, f, l0 = _Autoencode.apply(x_s, self.W_enc, self.b_enc, self.W_dec, self.b_dec, theta,
+                                               self.bandwidth, self.sparse_below, s)
         else:  # the formula through autograd, with the estimators' backward
             z = x_s @ self.W_enc + self.b_enc
             f_s = _JumpReLU.apply(z, theta, self.bandwidth)
             x_hat_s = f_s @ self.W_dec + self.b_dec
-            l0 = _Step.apply(z, theta, self.bandwidth).sum(-1).mean()  # ‖f'‖₀
+            f, l0 = f_s / s, _Step.apply(z, theta, self.bandwidth).sum(-1).mean()  # ‖f'‖₀
         sse = (x_hat_s - x_s).pow(2).sum(-1).mean()  # summed over dimensions, in x' units
         mse = sse / (self.d_in * s * s)  # mean over elements, in x's units
-        return Output(x_hat_s / s, f_s / s, sse + coefficient * l0, mse, l0)
+        return Output(x_hat_s / s, f, sse + coefficient * l0, mse, l0)
 
     def sae_lens_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         s = self.input_scale
@@ -143,60 +143,61 @@ class _Step(torch.autograd.Function):
 
 
 class _Autoencode(torch.autograd.Function):
-    """(x̂', f', ‖f'‖₀ averaged over the batch) with z = x' W_enc + b_enc, f' = z · H(z − θ),
+    """(x̂', f'/s, ‖f'‖₀ averaged over the batch) with z = x' W_enc + b_enc, f' = z · H(z − θ),
     x̂' = f' W_dec + b_dec, differentiated by hand as the two estimators above and, while f' is
-    sparse, from its nonzeros alone, as `monosemantic.sae.model._Autoencode` (see there).
+    sparse, from its nonzeros alone, as `monosemantic.sae.model._Autoencode` (see there). f comes
+    back in x's units (f'/s): divided at its nonzeros, not over the whole batch.
 
     With D = ∂L/∂f' = x̂' W_decᵀ + (∂L/∂f' from outside): ∂L/∂z = D · H(z − θ), and θ's
     pseudo-derivative needs D only where |z − θ| < ε/2 (the kernel's window), a sampled product:
         ∂L/∂θ_c = −(θ_c/ε) Σ_{r in window} D[r, c] − (∂L/∂‖f'‖₀ / (B ε)) · #{r in window}.
+    Both sets lie among the entries above θ − ε/2, where the sparse path samples D once.
     No pre-encoder bias, so ∂L/∂b_dec = Σ_rows x̂'. CPU; x gets no gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, theta, bandwidth, sparse_below):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, theta, bandwidth, sparse_below, s):
         z = torch.addmm(b_enc, x, W_enc)  # the one dense product
         h = bandwidth / 2
-        above = z > theta - h  # the firing entries (z > θ) and the window's (|z − θ| < ε/2) are among these
-        ctx.sparse, ctx.bandwidth = bool(torch.count_nonzero(above) < sparse_below * z.numel()), bandwidth
+        # the firing entries (z > θ) and the window's (|z − θ| < ε/2) are among those above θ − ε/2
+        above = _entries_above(z, theta - h, sparse_below)  # input by input
+        ctx.sparse, ctx.bandwidth = above is not None, bandwidth
         ctx.set_materialize_grads(False)
         if not ctx.sparse:
             fires = z > theta
             f = z * fires
-            window = (above & (z < theta + h)).nonzero().T.contiguous()
-            ctx.save_for_backward(x, W_dec, theta, f, *window)
-            return torch.addmm(b_dec, f, W_dec), f, z.new_tensor(int(fires.sum()) / len(x))
-        r, c = above.nonzero().T  # input by input
-        z_rc, theta_c = z[r, c], theta[c]
-        fires, near = z_rc > theta_c, z_rc < theta_c + h
-        rows, cols, vals = r[fires].contiguous(), c[fires].contiguous(), z_rc[fires]
-        f = torch.zeros_like(z).index_put_((rows, cols), vals)
-        by_row = _bounds(rows, len(f))
-        ctx.save_for_backward(x, W_dec, theta, rows, cols, vals, by_row, r[near].contiguous(), c[near].contiguous())
-        return _bag_sums(cols, W_dec, by_row, vals) + b_dec, f, z.new_tensor(len(rows) / len(x))
+            window = ((z > theta - h) & (z < theta + h)).nonzero().T.contiguous()
+            ctx.save_for_backward(x, W_dec, theta, s, f, *window)
+            return torch.addmm(b_dec, f, W_dec), f / s, z.new_tensor(int(fires.sum()) / len(x))
+        r, c, at = above
+        z_rc, theta_c = z.view(-1).index_select(0, at), theta.index_select(0, c)
+        fires, near = (z_rc > theta_c).nonzero().squeeze(1), (z_rc < theta_c + h).nonzero().squeeze(1)
+        rows, cols, vals = r.index_select(0, fires), c.index_select(0, fires), z_rc.index_select(0, fires)
+        f = z.zero_()  # z's buffer, already in memory: a fresh one cost ~1 ms of page faults per step
+        f.view(-1).index_copy_(0, at.index_select(0, fires), vals / s)
+        ctx.save_for_backward(x, W_dec, theta, s, r, c, _bounds(r, len(x)), fires, near, rows, cols, vals)
+        return _bag_sums(cols, W_dec, _bounds(rows, len(x)), vals) + b_dec, f, z.new_tensor(len(rows) / len(x))
 
     @staticmethod
     def backward(ctx, g_xhat, g_f, g_l0):
-        x, W_dec, theta = ctx.saved_tensors[:3]
-        w_rows, w_cols = ctx.saved_tensors[-2:]
+        x, W_dec, theta, s = ctx.saved_tensors[:4]
         if g_xhat is None:
             g_xhat = torch.zeros(len(x), W_dec.shape[1], dtype=x.dtype)
         if not ctx.sparse:
-            f = ctx.saved_tensors[3]
+            f, w_rows, w_cols = ctx.saved_tensors[4:]
             D = g_xhat @ W_dec.T
-            D = D if g_f is None else D + g_f
+            D = D if g_f is None else D + g_f / s
             G = D * (f > 0)
             g_W_dec, g_W_enc, g_b_enc = f.T @ g_xhat, x.T @ G, G.sum(0)
             D_window = D[w_rows, w_cols]
         else:
-            rows, cols, vals, by_row = ctx.saved_tensors[3:7]
-            G = _product_at(g_xhat, W_dec, by_row, cols)  # D at the nonzeros
-            G = G if g_f is None else G + g_f[rows, cols]
+            r, c, by_r, fires, near, rows, cols, vals = ctx.saved_tensors[4:]
+            D = _product_at(g_xhat, W_dec, by_r, c)  # at every entry above θ − ε/2
+            D = D if g_f is None else D + g_f[r, c] / s
+            G, D_window, w_cols = D.index_select(0, fires), D.index_select(0, near), c.index_select(0, near)
             g_W_enc, g_b_enc, g_W_dec = _sparse_weight_grads(x, g_xhat, rows, cols, vals, G, len(W_dec))
-            D_window = _product_at(g_xhat, W_dec, _bounds(w_rows, len(x)), w_cols)
-            D_window = D_window if g_f is None else D_window + g_f[w_rows, w_cols]
         eps = ctx.bandwidth
         g_theta = -(theta / eps) * theta.new_zeros(len(theta)).index_add_(0, w_cols, D_window)
         if g_l0 is not None:
             g_theta -= g_l0 / (len(x) * eps) * torch.bincount(w_cols, minlength=len(theta)).to(theta.dtype)
-        return None, g_W_enc, g_b_enc, g_W_dec, g_xhat.sum(0), g_theta, None, None
+        return None, g_W_enc, g_b_enc, g_W_dec, g_xhat.sum(0), g_theta, None, None, None

@@ -102,6 +102,6 @@ class _InnerMSEs(torch.autograd.Function):
         g_b_dec = H[:, 0].sum(0)
         H = H.view(batch * n, d)
         g_values = _product_at(H, W_dec, by_key, cols)
-        order = _by_column(cols)
+        order = _by_column(cols, len(W_dec))
         g_W_dec = _bag_sums(keys[order], H, _bounds(cols, len(W_dec)), values[order])
         return g_values, g_W_dec, g_b_dec, None, None, None, None, None

@@ -43,7 +43,8 @@ class Dictionary(nn.Module):
     resamples: ClassVar[bool] = False  # the 2023 recipe's neuron resampling
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     max_grad_norm: ClassVar[float | None] = None
-    sparse_below = 0.1  # _Autoencode works on f's nonzeros while fewer than this fraction of f fire
+    sparse_below = 0.2  # _Autoencode works on f's nonzeros while fewer than this fraction of f fire: the measured
+    # crossover (batch 1024, d_in 128, d_sae 512, one thread: ReLU and JumpReLU alike)
 
     def __init__(self, d_in: int, d_sae: int, coefficient: float = 0.0):
         super().__init__()
@@ -149,14 +150,14 @@ class _Autoencode(torch.autograd.Function):
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, sparse_below, activation):
         x_bar = x - b_dec
         f = activation(torch.addmm(b_enc, x_bar, W_enc))  # the one dense product
-        active = f > 0
-        ctx.sparse = bool(torch.count_nonzero(active) < sparse_below * f.numel())
+        nonzeros = _entries_above(f, 0.0, sparse_below)  # input by input (CSR order)
+        ctx.sparse = nonzeros is not None
         ctx.set_materialize_grads(False)
         if not ctx.sparse:
             ctx.save_for_backward(x_bar, W_enc, W_dec, f)
             return torch.addmm(b_dec, f, W_dec), f
-        rows, cols = active.nonzero().T.contiguous()  # the nonzeros, input by input (CSR order)
-        vals, by_row = f[rows, cols], _bounds(rows, len(f))
+        rows, cols, at = nonzeros
+        vals, by_row = f.view(-1).index_select(0, at), _bounds(rows, len(f))
         ctx.save_for_backward(x_bar, W_enc, W_dec, rows, cols, vals, by_row)
         return _bag_sums(cols, W_dec, by_row, vals) + b_dec, f  # x̂[r] = Σ_c f[r, c] W_dec[c] + b_dec
 
@@ -181,10 +182,10 @@ def _sparse_weight_grads(x_in: torch.Tensor, g_xhat: torch.Tensor, rows: torch.T
                          vals: torch.Tensor, G: torch.Tensor, d_sae: int) -> tuple[torch.Tensor, ...]:
     """(∂L/∂W_enc, ∂L/∂b_enc, ∂L/∂W_dec) = (x_inᵀ G, Σ_rows G, fᵀ x̂') from f's nonzeros (rows, cols)
     with values `vals` and G there: one embedding bag per feature, O(nonzeros · d_in)."""
-    order = _by_column(cols)
-    by_col, rows_by_col = _bounds(cols, d_sae), rows[order]
-    g_W_dec = _bag_sums(rows_by_col, g_xhat, by_col, vals[order])  # [c] = Σ_r f[r, c] x̂'[r]
-    g_W_enc = _bag_sums(rows_by_col, x_in, by_col, G[order]).T  # [:, c] = Σ_r G[r, c] x_in[r]
+    order = _by_column(cols, d_sae)
+    by_col, rows_by_col = _bounds(cols, d_sae), rows.index_select(0, order)
+    g_W_dec = _bag_sums(rows_by_col, g_xhat, by_col, vals.index_select(0, order))  # [c] = Σ_r f[r, c] x̂'[r]
+    g_W_enc = _bag_sums(rows_by_col, x_in, by_col, G.index_select(0, order)).T  # [:, c] = Σ_r G[r, c] x_in[r]
     return g_W_enc, G.new_zeros(d_sae).index_add_(0, cols, G), g_W_dec
 
 
@@ -193,11 +194,26 @@ def _bounds(ids: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(torch.bincount(ids, minlength=n).cumsum(0), (1, 0))
 
 
-def _by_column(cols: torch.Tensor) -> torch.Tensor:
-    """The order that lists nonzeros feature by feature (CSC), stable. numpy on CPU: torch's parallel
-    sort took ~30x longer on two busy cores."""
+def _entries_above(t: torch.Tensor, floor: torch.Tensor | float, fewer_than: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(rows, columns, flat positions) of the entries of a 2-D CPU tensor above `floor` (a number, or
+    one per column), row by row; None unless they are fewer than `fewer_than` of all. numpy: its
+    compare and flatnonzero took ~40% of the time of torch's gt and nonzero on one busy core."""
+    above = t.numpy() > (floor.numpy() if isinstance(floor, torch.Tensor) else floor)
+    if np.count_nonzero(above) >= fewer_than * above.size:
+        return None
+    at = np.flatnonzero(above)
+    rows, cols = np.divmod(at, above.shape[1])
+    return torch.from_numpy(rows), torch.from_numpy(cols), torch.from_numpy(at)
+
+
+def _by_column(cols: torch.Tensor, n: int) -> torch.Tensor:
+    """The order that lists nonzeros feature by feature (CSC), stable, for cols in 0..n-1. numpy on CPU:
+    torch's parallel sort took ~30x longer on two busy cores; keys that fit 16 bits sort ~4x faster
+    again (numpy's stable sort is then a radix sort)."""
     if cols.device.type == "cpu":
-        return torch.from_numpy(np.argsort(cols.numpy(), kind="stable"))
+        keys = cols.numpy().astype(np.uint16) if n <= 2 ** 16 else cols.numpy()
+        return torch.from_numpy(np.argsort(keys, kind="stable"))
     return torch.argsort(cols, stable=True)
 
 
@@ -219,9 +235,8 @@ def geometric_median(points: torch.Tensor, iters: int = 100, tol: float = 1e-6) 
     """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances."""
     median = points.mean(0)
     for _ in range(iters):
-        dist = (points - median).norm(dim=1).clamp_min(1e-8)
-        weights = 1 / dist
-        new = (weights[:, None] * points).sum(0) / weights.sum()
+        weights = 1 / (points - median).norm(dim=1).clamp_min(1e-8)
+        new = weights @ points / weights.sum()  # one product, no points-sized temporary
         if (new - median).norm() < tol * max(1.0, median.norm().item()):
             return new
         median = new

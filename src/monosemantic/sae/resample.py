@@ -18,12 +18,13 @@ ENCODER_SCALE = 0.2
 
 @torch.no_grad()
 def per_input_loss(sae: Standard, x: torch.Tensor, l1_coefficient: float, batch: int = 8192) -> torch.Tensor:
-    """Each input's own loss (its MSE over elements + λ·its L1), as used to weight the draw."""
+    """Each input's own loss (its MSE over elements + λ·its L1), as used to weight the draw; through
+    the training step's `autoencode`, whose decoder runs on f's nonzeros while f is sparse."""
     out = []
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
-        f = sae.encode(xb)
-        out.append((sae.decode(f) - xb).pow(2).mean(-1) + l1_coefficient * f.sum(-1))
+        x_hat, f = sae.autoencode(xb)
+        out.append((x_hat - xb).pow(2).mean(-1) + l1_coefficient * f.sum(-1))
     return torch.cat(out)
 
 

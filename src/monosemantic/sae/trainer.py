@@ -68,29 +68,32 @@ class Step(NamedTuple):
     loss: torch.Tensor
     mse: torch.Tensor
     penalty: torch.Tensor
-    l0: torch.Tensor
+    l0: torch.Tensor | None  # None where not counted
     fired: torch.Tensor
 
 
 def train_step(sae: Dictionary, opt: torch.optim.Adam, x: torch.Tensor, coefficient: float,
-               compute: Compute = Compute(), share: float = 1.0, dead: torch.Tensor | None = None) -> Step:
+               compute: Compute = Compute(), share: float = 1.0, dead: torch.Tensor | None = None,
+               count_l0: bool = True) -> Step:
     """Adam on the architecture's loss, inside its constraint. `x` is this rank's `share` of the
     global batch: the ranks' gradients are averaged with those weights, which is the gradient of
-    the global batch's mean loss, so every rank takes the same step."""
+    the global batch's mean loss, so every rank takes the same step. L0 is counted (a pass over f)
+    only if `count_l0`."""
     with compute.autocast():
         out = sae(x, coefficient, dead)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     f = out.f.detach()
+    l0 = torch.count_nonzero(f) / len(f) if count_l0 else f.new_zeros(())
     # f >= 0: amax is a faster "fired at all" than (f > 0).any(0)
     loss, mse, penalty, l0, fired, *stats = compute.reduce_gradients_(
-        sae.parameters(), share, out.loss, out.mse, out.penalty, torch.count_nonzero(f) / len(f), f.amax(0), *out.stats)
+        sae.parameters(), share, out.loss, out.mse, out.penalty, l0, f.amax(0), *out.stats)
     sae.before_step()
     if sae.max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(sae.parameters(), sae.max_grad_norm)
     opt.step()
     sae.after_step(tuple(stats))
-    return Step(loss.detach(), mse.detach(), penalty.detach(), l0, fired > 0)
+    return Step(loss.detach(), mse.detach(), penalty.detach(), l0 if count_l0 else None, fired > 0)
 
 
 def schedule(step: int, cfg: TrainConfig) -> tuple[float, float]:
@@ -159,27 +162,29 @@ def train_sae(
             group["lr"] = lr
         x = compute.to_device(next(data)).float()
         dead = state.steps_since_fired >= cfg.dead_window  # for auxiliary losses on dead latents
-        out = train_step(sae, opt, x, coefficient, compute, len(x) / cfg.batch_size, dead)
-        finite.record(out.loss, state.step + 1)
+        step = state.step + 1
+        logged = step in resample_steps or step % cfg.log_every == 0 or step == cfg.steps  # L0 counted
+        out = train_step(sae, opt, x, coefficient, compute, len(x) / cfg.batch_size, dead, count_l0=logged)
+        finite.record(out.loss, step)
         state.steps_since_fired = torch.where(out.fired, 0, state.steps_since_fired + 1)
         state.step += 1
         state.tokens += cfg.batch_size
 
         resampling, resampled = state.step in resample_steps, 0
         at_checkpoint = state.step % cfg.checkpoint_every == 0
-        if (compute.device.type == "cpu" or resampling or at_checkpoint or state.step % cfg.log_every == 0
-                or state.step == cfg.steps):  # the host reads the state: was every step's loss finite?
+        if compute.device.type == "cpu" or logged or at_checkpoint:  # the host reads the state: all finite?
             finite.check(sae.d_sae, checkpoint)
         if resampling:
             dead = state.steps_since_fired >= min(cfg.dead_window, state.step)  # the same on every rank
-            if compute.is_main:
-                inputs = compute.to_device(sample_inputs(cfg.resample_inputs, gen))
-                resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, coefficient), gen)
-            _broadcast_resampled(sae, opt, compute)
-            state.steps_since_fired[dead] = 0
             resampled = int(dead.sum())
+            if resampled:  # only dead neurons are resampled: with none, no inputs are drawn or scored
+                if compute.is_main:
+                    inputs = compute.to_device(sample_inputs(cfg.resample_inputs, gen))
+                    resample(sae, opt, dead, inputs, per_input_loss(sae, inputs, coefficient), gen)
+                _broadcast_resampled(sae, opt, compute)
+                state.steps_since_fired[dead] = 0
             state.resampled.append((state.step, resampled))
-        if resampling or state.step % cfg.log_every == 0 or state.step == cfg.steps:
+        if logged:
             dead_now = int((state.steps_since_fired >= min(cfg.dead_window, state.step)).sum())
             rate = (state.step - start) * cfg.batch_size / (time.perf_counter() - t0)
             row = {"loss": out.loss.item(), "mse": out.mse.item(), "penalty": out.penalty.item(), "l0": out.l0.item(),
