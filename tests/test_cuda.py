@@ -14,11 +14,9 @@ import copy
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from monosemantic import params as schema
 from monosemantic.activations import Layout, cache_activations, open_store
-from monosemantic.activations.reader import ShuffledReader
 from monosemantic.compute import Compute
 from monosemantic.evaluation import evaluate_sae
 from monosemantic.model import Transformer
@@ -29,7 +27,7 @@ from monosemantic.sae.export import load_sae, save_sae
 from monosemantic.sae.standard import Standard
 from monosemantic.sae.trainer import adam, train_sae, train_step
 from tests.test_model import CFG, _corpus, _params
-from tests.test_sae_training import D_IN, N_TRUE, Killed, SparseWorld, cfg, diverge, recovery
+from tests.test_sae_training import D_IN, N_TRUE, SparseWorld, cfg, diverge, kill_and_resume, recovery
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = Compute(torch.device("cuda")) if torch.cuda.is_available() else None
@@ -100,37 +98,8 @@ def test_every_architecture_trains_on_cuda_as_on_the_cpu(arch):
 
 
 def test_training_on_cuda_resamples_and_resumes_to_the_same_weights(tmp_path):
-    world = SparseWorld(seed=2)
-    acts = zarr.create_array(tmp_path / "a.zarr", shape=(20_000, D_IN), chunks=(500, D_IN), dtype="float16")
-    acts[:] = world.sample(20_000, torch.Generator().manual_seed(0)).half().numpy()
-
-    def batches(position):
-        return iter(ShuffledReader(acts, 0, 20_000, 256, seed=3, window_chunks=4, position=position))
-
-    def sample_inputs(n, g):
-        rows = torch.randint(0, 20_000, (n,), generator=g).sort().values.numpy()
-        return torch.from_numpy(acts.get_orthogonal_selection((rows, slice(None))).astype(np.float32))
-
-    c = cfg(steps=300, batch_size=256, resample_steps=(50, 150, 250), dead_window=30, checkpoint_every=100,
-            log_every=10)
-
-    def fresh(seed=0):
-        torch.manual_seed(seed)
-        return Standard(D_IN, 96, l1_coefficient=0.05).to("cuda")
-
-    clean = fresh()
-    clean_state = train_sae(clean, batches, sample_inputs, c, compute=CUDA)
-
-    def die(step, _):
-        if step == 230:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_sae(fresh(), batches, sample_inputs, c, tmp_path / "ck.pt", "fp", die, compute=CUDA)
-    resumed = fresh(99)
-    state = train_sae(resumed, batches, sample_inputs, c, tmp_path / "ck.pt", "fp", compute=CUDA)
+    clean, _, resumed, _ = kill_and_resume(tmp_path, CUDA)
     assert resumed.W_dec.device.type == "cuda"
-    assert state.resampled == clean_state.resampled and any(n for step, n in state.resampled if step > 230)
     for name, value in clean.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
 

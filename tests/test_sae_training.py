@@ -99,7 +99,10 @@ class Killed(Exception):
     pass
 
 
-def test_killed_training_resumes_to_identical_weights(tmp_path):
+def kill_and_resume(tmp_path, compute=Compute()):
+    """A run from a store, killed at step 230 (after the checkpoint at 200, before the resampling at
+    250) and resumed in a new process, beside the same run uninterrupted: (clean, its state,
+    resumed, its state)."""
     world = SparseWorld(seed=2)
     acts = zarr.create_array(tmp_path / "a.zarr", shape=(20_000, D_IN), chunks=(500, D_IN), dtype="float16")
     acts[:] = world.sample(20_000, torch.Generator().manual_seed(0)).half().numpy()
@@ -113,25 +116,32 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
 
     c = cfg(steps=300, batch_size=256, resample_steps=(50, 150, 250), dead_window=30, checkpoint_every=100,
             log_every=10)
-    torch.manual_seed(0)
-    clean = Standard(D_IN, 96, l1_coefficient=0.05)  # strong enough that neurons die and get resampled
-    clean_state = train_sae(clean, batches, sample_inputs, c)
+
+    def fresh(seed=0):  # λ strong enough that neurons die and get resampled
+        torch.manual_seed(seed)
+        return Standard(D_IN, 96, l1_coefficient=0.05).to(compute.device)
 
     def die(step, _):
-        if step == 230:  # after the checkpoint at 200, before the resampling at 250
+        if step == 230:
             raise Killed
 
-    torch.manual_seed(0)
+    clean = fresh()
+    clean_state = train_sae(clean, batches, sample_inputs, c, compute=compute)
     with pytest.raises(Killed):
-        train_sae(Standard(D_IN, 96, 0.05), batches, sample_inputs, c, tmp_path / "ck.pt", "fp", die)
-    torch.manual_seed(99)  # a new process: other random weights, until the checkpoint loads
-    resumed = Standard(D_IN, 96, 0.05)
-    state = train_sae(resumed, batches, sample_inputs, c, tmp_path / "ck.pt", "fp")
+        train_sae(fresh(), batches, sample_inputs, c, tmp_path / "ck.pt", "fp", die, compute=compute)
+    resumed = fresh(99)  # a new process: other random weights, until the checkpoint loads
+    state = train_sae(resumed, batches, sample_inputs, c, tmp_path / "ck.pt", "fp", compute=compute)
+    assert any(n for step, n in clean_state.resampled if step > 230)  # the resumed part resampled
+    assert state.resampled == clean_state.resampled
+    return clean, clean_state, resumed, state
+
+
+def test_killed_training_resumes_to_identical_weights(tmp_path):
+    clean, clean_state, resumed, state = kill_and_resume(tmp_path)
     for name, value in clean.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
-    assert any(n for step, n in clean_state.resampled if step > 230)  # the resumed part resampled
     timeless = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_second"} for r in rows]
-    assert state.resampled == clean_state.resampled and timeless(state.history) == timeless(clean_state.history)
+    assert timeless(state.history) == timeless(clean_state.history)
 
 
 def test_saelens_format_round_trip(tmp_path):
