@@ -168,7 +168,7 @@ class _Autoencode(torch.autograd.Function):
         if not ctx.sparse:
             x_bar, W_enc, W_dec, f = ctx.saved_tensors
             G = g_xhat @ W_dec.T
-            G = (G if g_f is None else G + g_f) * (f > 0)
+            G = (G if g_f is None else G.add_(g_f)).mul_(f > 0)  # in place: masked_fill_ was slower
             g_W_dec, g_W_enc, g_b_enc = f.T @ g_xhat, x_bar.T @ G, G.sum(0)
         else:
             x_bar, W_enc, W_dec, rows, cols, vals, by_row = ctx.saved_tensors

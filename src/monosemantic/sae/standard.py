@@ -14,6 +14,7 @@ step, and at 1e-3 they barely settle (README, "Dictionary architectures").
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from monosemantic.sae.model import Dictionary, Output
 
@@ -35,6 +36,6 @@ class Standard(Dictionary):
 
     def forward(self, x: torch.Tensor, coefficient: float = 0.0, dead: torch.Tensor | None = None) -> Output:
         x_hat, f = self.autoencode(x)
-        mse = (x_hat - x).pow(2).mean()
+        mse = F.mse_loss(x_hat, x)  # mean over elements; one fused pass each way
         l1 = f.sum(-1).mean()  # f >= 0, so |f| = f
         return Output(x_hat, f, mse + coefficient * l1, mse, l1)
