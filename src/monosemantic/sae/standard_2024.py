@@ -10,8 +10,8 @@ takes away the incentive to shrink f and grow W_dec. Decoder rows start at rando
 norm `decoder_init_norm` (paper: 0.05 to 1), W_enc = W_decᵀ at init (untied afterwards), biases
 at zero; Adam (0.9, 0.999); gradient norm clipped to 1; no resampling.
 
-Units: training runs on x'; `encode`, `decode` and `forward` take and return x in its own units,
-with features f = f'/s (so x̂ = f W_dec + b_dec/s). The SAELens export is that form: W_enc and W_dec
+Units: the loss is the formula's in x'; `encode`, `decode` and `forward` take and return x in its
+own units, with features f = f'/s (so x̂ = f W_dec + b_dec/s), and compute there. The SAELens export is that form: W_enc and W_dec
 as trained, b_enc/s, b_dec/s, no pre-encoder bias; cfg.json keeps s as `input_scale`.
 
 Differences from the paper:
@@ -29,8 +29,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
-from monosemantic.sae.model import Dictionary, Output, _Autoencode
+from monosemantic.sae.model import Dictionary, Output, _Autoencode, by_hand
 
 INPUT_SCALE = "input_scale"  # cfg.json field: the s folded into the exported weights
 
@@ -63,23 +64,26 @@ class Standard2024(Dictionary):
         return f @ self.W_dec + self.b_dec / self.input_scale
 
     def forward(self, x: torch.Tensor, coefficient: float = 0.0, dead: torch.Tensor | None = None) -> Output:
+        # Computed in x's units: f = f'/s = ReLU(x W_enc + b_enc/s) and x̂ = x̂'/s = f W_dec + b_dec/s (s > 0),
+        # the same function of the weights as the formula in x', without scaling batch-sized tensors
         s = self.input_scale
-        x_s = x * s
-        x_hat_s, f_s = self._autoencode(x_s)
-        sse = (x_hat_s - x_s).pow(2).sum(-1).mean()  # summed over dimensions, in x' units
-        l1 = (f_s @ self.W_dec.norm(dim=1)).mean()  # Σ_i f'_i ‖W_dec,i‖
+        x_hat, f = self._autoencode(x, self.b_enc / s, self.b_dec / s)
+        sse = F.mse_loss(x_hat, x, reduction="sum") * (s * s / len(x))  # ‖x̂' − x'‖², averaged over the batch
+        # Σ_i f'_i ‖W_dec,i‖ averaged over the batch, from f's column sums: its gradient stays a broadcast
+        # row of norms, where f @ norms would write a batch-by-features outer product in backward
+        l1 = f.sum(0) @ self.W_dec.norm(dim=1) * (s / len(x))
         mse = sse / (self.d_in * s * s)  # mean over elements, in x's units
-        return Output(x_hat_s / s, f_s / s, sse + coefficient * l1, mse, l1)
+        return Output(x_hat, f, sse + coefficient * l1, mse, l1)
 
-    def _autoencode(self, x_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x̂', f') = (ReLU(x' W_enc + b_enc) W_dec + b_dec, f'): the shared sparse product (model.py)
-        with a zero pre-encoder bias, b_dec added after; the plain formula where that does not apply."""
-        if x_s.requires_grad or x_s.device.type != "cpu" or torch.is_autocast_enabled("cpu"):
-            f = torch.relu(x_s @ self.W_enc + self.b_enc)
-            return f @ self.W_dec + self.b_dec, f
-        x_hat, f = _Autoencode.apply(x_s, self.W_enc, self.b_enc, self.W_dec, x_s.new_zeros(self.d_in),
-                                     self.sparse_below, torch.relu_)
-        return x_hat + self.b_dec, f
+    def _autoencode(self, x: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ReLU(x W_enc + b_enc) W_dec + b_dec, f): the shared sparse product (model.py) with a zero
+        pre-encoder bias, b_dec added after; the plain formula where that does not apply."""
+        if not by_hand(x):
+            f = torch.relu(x @ self.W_enc + b_enc)
+            return f @ self.W_dec + b_dec, f
+        x_hat, f = _Autoencode.apply(x, self.W_enc, b_enc, self.W_dec, x.new_zeros(self.d_in), self.sparse_below,
+                                     torch.relu_)
+        return x_hat + b_dec, f
 
     def sae_lens_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         s = self.input_scale
