@@ -51,6 +51,7 @@ INPUT_SCALE = "input_scale"  # cfg.json field: the s folded into the exported we
 class JumpReLU(Dictionary):
     architecture = "jumprelu"
     adam_betas = (0.0, 0.999)
+    sparse_below = 0.25  # its dense step costs more than ReLU's: sparse/dense 0.89 at 25%, 1.08 at 30%
 
     def __init__(self, d_in: int, d_sae: int, l0_coefficient: float = 1e-3, bandwidth: float = 1e-3,
                  threshold_init: float = 1e-3):
@@ -187,7 +188,7 @@ class _Autoencode(torch.autograd.Function):
             f, w_rows, w_cols = ctx.saved_tensors[4:]
             D = g_xhat @ W_dec.T
             D = D if g_f is None else D + g_f / s
-            G = D * (f > 0)
+            G = torch.ops.aten.threshold_backward(D, f, 0)  # D·[f > 0] in one pass: f > 0 where it fires (θ > 0)
             g_W_dec, g_W_enc, g_b_enc = f.T @ g_xhat, x.T @ G, G.sum(0)
             D_window = D[w_rows, w_cols]
         else:

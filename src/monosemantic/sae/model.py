@@ -43,8 +43,8 @@ class Dictionary(nn.Module):
     resamples: ClassVar[bool] = False  # the 2023 recipe's neuron resampling
     adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
     max_grad_norm: ClassVar[float | None] = None
-    sparse_below = 0.2  # _Autoencode works on f's nonzeros while fewer than this fraction of f fire: the measured
-    # crossover (batch 1024, d_in 128, d_sae 512, one thread: ReLU and JumpReLU alike)
+    sparse_below = 0.15  # _Autoencode works on f's nonzeros while fewer than this fraction of f fire: the measured
+    # crossover of the ReLU step (batch 1024, d_in 128, d_sae 512, one thread: sparse/dense 0.95 at 15%, 1.13 at 18%)
 
     def __init__(self, d_in: int, d_sae: int, coefficient: float = 0.0):
         super().__init__()
@@ -168,7 +168,7 @@ class _Autoencode(torch.autograd.Function):
         if not ctx.sparse:
             x_bar, W_enc, W_dec, f = ctx.saved_tensors
             G = g_xhat @ W_dec.T
-            G = (G if g_f is None else G.add_(g_f)).mul_(f > 0)  # in place: masked_fill_ was slower
+            G = torch.ops.aten.threshold_backward(G if g_f is None else G.add_(g_f), f, 0)  # ReLU's: G·[f > 0], one pass
             g_W_dec, g_W_enc, g_b_enc = f.T @ g_xhat, x_bar.T @ G, G.sum(0)
         else:
             x_bar, W_enc, W_dec, rows, cols, vals, by_row = ctx.saved_tensors
