@@ -37,24 +37,28 @@ def _plain_2024(p, x, coefficient):
     return x_hat / s, f / s, sse + coefficient * l1, (x_hat / s - x).pow(2).mean(), l1
 
 
-@pytest.mark.parametrize("b_enc_mean", [0.0, -2.5], ids=["dense", "sparse"])
-def test_standard_2024_loss_and_gradients_are_the_formulas(b_enc_mean):
+@pytest.mark.parametrize("b_enc_mean, x_needs_grad", [(0.0, False), (-2.5, False), (-1.0, True)],
+                         ids=["dense", "sparse", "autograd"])
+def test_standard_2024_loss_and_gradients_are_the_formulas(b_enc_mean, x_needs_grad):
+    """The hand-written step's two paths, and autograd's (x needs a gradient, as on GPU or under
+    autocast), against the April 2024 formula."""
     torch.manual_seed(0)
     sae = _randomised(Standard2024(12, 96, l1_coefficient=0.7, decoder_init_norm=0.3), 4.0, b_enc_mean)
     x = torch.randn(64, 12) * 4.0
     plain = copy.deepcopy(sae)
-    out = sae(x, 0.7)
+    out = sae(x.clone().requires_grad_(x_needs_grad), 0.7)
     want = _plain_2024(plain, x, 0.7)
     fraction = (out.f > 0).float().mean().item()
-    assert (fraction < sae.sparse_below) == (b_enc_mean < 0), fraction  # both of autoencode's paths
+    if not x_needs_grad:
+        assert (fraction < sae.sparse_below) == (b_enc_mean < 0), fraction  # both of autoencode's paths
     for got, expected in zip(out[:5], want):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     out.loss.backward()
     want[2].backward()
     for (name, p), q in zip(sae.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
-    torch.testing.assert_close(sae.encode(x), out.f, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sae.decode(sae.encode(x)), out.x_hat, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.encode(x), out.f.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sae.decode(sae.encode(x)), out.x_hat.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_standard_2024_initialisation_and_scale():
