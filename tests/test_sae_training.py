@@ -194,3 +194,18 @@ def diverge(tmp_path, compute=Compute()):
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
     diverge(tmp_path)
+
+
+def test_a_deferred_finiteness_check_names_the_first_non_finite_step():
+    """A GPU records each step's loss on the device and checks only where the host reads the state:
+    the check must still name the first bad step and its loss, not the latest."""
+    from monosemantic.sae.trainer import TrainingDiverged, _Finite
+
+    finite = _Finite(torch.device("cpu"))
+    for step, loss in enumerate([0.5, 0.4], start=1):
+        finite.record(torch.tensor(loss), step)
+    finite.check(32, None)  # all finite so far
+    for step, loss in [(3, float("inf")), (4, float("nan")), (5, 0.3)]:
+        finite.record(torch.tensor(loss), step)
+    with pytest.raises(TrainingDiverged, match=r"became inf at step 3 \(d_sae=32\); no checkpoint was written"):
+        finite.check(32, None)

@@ -67,7 +67,7 @@ class Standard2024(Dictionary):
         # Computed in x's units: f = f'/s = ReLU(x W_enc + b_enc/s) and x̂ = x̂'/s = f W_dec + b_dec/s (s > 0),
         # the same function of the weights as the formula in x', without scaling batch-sized tensors
         s = self.input_scale
-        x_hat, f = self._autoencode(x, self.b_enc / s, self.b_dec / s)
+        x_hat, f = self._autoencode(x)
         sse = F.mse_loss(x_hat, x, reduction="sum") * (s * s / len(x))  # ‖x̂' − x'‖², averaged over the batch
         # Σ_i f'_i ‖W_dec,i‖ averaged over the batch, from f's column sums: its gradient stays a broadcast
         # row of norms, where f @ norms would write a batch-by-features outer product in backward
@@ -75,15 +75,16 @@ class Standard2024(Dictionary):
         mse = sse / (self.d_in * s * s)  # mean over elements, in x's units
         return Output(x_hat, f, sse + coefficient * l1, mse, l1)
 
-    def _autoencode(self, x: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ReLU(x W_enc + b_enc) W_dec + b_dec, f): the shared sparse product (model.py) with a zero
-        pre-encoder bias, b_dec added after; the plain formula where that does not apply."""
+    def _autoencode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(decode(f), f = encode(x)): through the shared sparse product (model.py), with a zero
+        pre-encoder bias and b_dec/s added after, where it applies; `encode` and `decode` elsewhere."""
         if not by_hand(x):
-            f = torch.relu(x @ self.W_enc + b_enc)
-            return f @ self.W_dec + b_dec, f
-        x_hat, f = _Autoencode.apply(x, self.W_enc, b_enc, self.W_dec, x.new_zeros(self.d_in), self.sparse_below,
-                                     torch.relu_)
-        return x_hat + b_dec, f
+            f = self.encode(x)
+            return self.decode(f), f
+        s = self.input_scale
+        x_hat, f = _Autoencode.apply(x, self.W_enc, self.b_enc / s, self.W_dec, x.new_zeros(self.d_in),
+                                     self.sparse_below, torch.relu_)
+        return x_hat + self.b_dec / s, f
 
     def sae_lens_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         s = self.input_scale
