@@ -24,10 +24,16 @@ number of samples. Each is scored on one held-out set (seed + 1):
 Matched L0. Fixed-k architectures (topk, batchtopk, matryoshka) train at k = the target L0 on both
 sides. Penalty architectures (standard, standard_2024, jumprelu) sweep their coefficient: a short
 search per target L0 (bracket by geometric steps, then log-log interpolation between the two
-bracketing runs) and their metrics are interpolated linearly in log L0 between the closest run
-above and below the target ("interp"); if the sweep cannot bracket the target the nearest run
-is used and marked "nearest". The main target is round(the data's true L0) (`--l0`); a second
-target, `--f1-l0` (25), gives F1 at L0 ≈ 25 beside SynthSAEBench's published ordering.
+bracketing runs, until they lie within a factor 1.25 or one run within 2% of the target) and their
+metrics are interpolated linearly in log L0 between the closest run above and below the target
+("interp"); if the sweep cannot bracket the target the nearest run is used and marked "nearest".
+The main target is round(the data's true L0) (`--l0`); a second target, `--f1-l0` (25), gives F1
+at L0 ≈ 25 beside SynthSAEBench's published ordering.
+
+Seeds. Near the true L0 one run's MCC moves by about 0.01 with the seed, as much as the gaps
+measured between the trainers. `--seeds N` repeats everything (new data and new models) on N
+seeds; the tables give the means, and the MCC gap (ours − SAELens) per seed, its mean and its
+standard error. The target is judged on the mean gap.
 
 Shared hyper-parameters (identical on both sides): samples, batch size, learning rate (the
 project's params.yaml value for the architecture unless `--lr`), linear lr warm-up, linear lr
@@ -57,6 +63,7 @@ import contextlib
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -121,10 +128,11 @@ class Data:
 
 def make_data(n_features: int = 512, d_in: int = 128, n_train: int = 3_000_000, n_eval: int = 100_000,
               seed: int = 0, exponent: float = 1.0, max_prob: float = 0.3, min_prob: float = 0.01,
-              chunk: int = 16_384) -> Data:
+              chunk: int = 16_384, input_norm: float | None = None) -> Data:
     """SAELens's generator: FeatureDictionary(seed) and ActivationGenerator with Zipfian firing
     probabilities (it draws from torch's global RNG, seeded here: `seed` for training rows,
-    `seed + 1` for the held-out set)."""
+    `seed + 1` for the held-out set). `input_norm`: every row multiplied by one constant so that the
+    training rows' mean norm is this (default: the generator's own scale, magnitude-1 features)."""
     from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, zipfian_firing_probabilities
 
     t0 = time.perf_counter()
@@ -145,6 +153,11 @@ def make_data(n_features: int = 512, d_in: int = 128, n_train: int = 3_000_000, 
         eval_x[i:i + n], fired[i:i + n] = fd(acts), acts > 0
     spec = {"n_features": n_features, "d_in": d_in, "n_train": n_train, "n_eval": n_eval, "seed": seed,
             "exponent": exponent, "max_prob": max_prob, "min_prob": min_prob}
+    if input_norm is not None:
+        scale = input_norm / train.norm(dim=1).mean().item()
+        train *= scale
+        eval_x *= scale
+        spec["input_norm"] = input_norm
     return Data(fd.feature_vectors.detach().clone(), train, eval_x, fired, float(probs.sum()),
                 time.perf_counter() - t0, spec)
 
@@ -431,12 +444,14 @@ def _train_saelens(name: str, knob: str, value: float, kwargs: dict, data: Data,
 
 # ---------------------------------------------------------------- matching L0
 def sweep(train: Callable[[float], Run], start: float, targets: list[float], runs_per_target: int = 5,
-          tolerance: float = 0.1, bracket: float = 1.5, log: Callable[[Run], None] = lambda r: None) -> list[Run]:
+          tolerance: float = 0.02, bracket: float = 1.25, log: Callable[[Run], None] = lambda r: None) -> list[Run]:
     """Runs of a penalty coefficient (a larger one gives a smaller L0) that bracket every target L0:
     from `start`, geometric steps (slope from the runs so far, at most x8) until a run lies on each
     side, then log-log interpolation between the bracketing pair until one lies within `tolerance`
     (relative) of the target or the pair's L0s are within a factor `bracket`; at most
-    `runs_per_target` new runs per target."""
+    `runs_per_target` new runs per target. Both are tight because near the true L0 MCC is steep in
+    L0 (on the default data 0.942 at L0 6.84 and 0.965 at 7.72, one run apart): a run 10% off
+    the target differs from the matched value by about the gap between the trainers."""
     runs: list[Run] = []
 
     def go(c: float) -> None:
@@ -542,7 +557,6 @@ def speed_check(results, archs, data: Data, d_sae: int, sae_params, target: floa
     SAELens's trainer alternately, `--speed-repeats` times each, on the first `--speed-samples` rows at
     the knob value nearest the matched L0 (never cached). Returns {arch: (ours tok/s, SAELens tok/s)},
     the medians."""
-    import statistics
 
     out = {}
     small = Data(data.features, data.train[:args.speed_samples], data.eval_x[:1], data.eval_fired[:1],
@@ -594,10 +608,16 @@ def main(argv=None) -> int:
                     "ours): a recipe tuned for unit-norm decoder rows may not suit free ones that start at 0.1")
     ap.add_argument("--l0", type=float, default=None, help="matched L0 (default: round(true L0))")
     ap.add_argument("--f1-l0", type=float, default=25.0, help="second target: F1 at this L0 (SynthSAEBench: 25)")
+    ap.add_argument("--input-norm", type=float, default=None, help="rescale the rows to this mean norm (default: "
+                    "the generator's, 2.6 at 128 dims); e.g. 11.31 = sqrt(128), where standard_2024 leaves them as "
+                    "they are: a trainer without its input scaling then sees the same inputs")
     ap.add_argument("--zipf-exponent", type=float, default=1.0)
     ap.add_argument("--max-prob", type=float, default=0.3)
     ap.add_argument("--min-prob", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, default=1, help="repeat everything on this many seeds (data and models: "
+                    "--seed, --seed+1, ...) and report the means, with the MCC gap's standard error over seeds: "
+                    "near the true L0 one run's MCC moves by about 0.01 with the seed")
     ap.add_argument("--no-saelens", action="store_true", help="ours only")
     ap.add_argument("--option", action="append", default=[], metavar="ARCH.KEY=VALUE",
                     help="override params.yaml's sae.<arch>.<key> (both trainers see it where shared), e.g. "
@@ -630,20 +650,6 @@ def main(argv=None) -> int:
         START[(impl, arch)] = float(value)
     d_sae = args.d_sae or args.features
 
-    data = make_data(args.features, args.d_in, args.samples, args.eval_samples, args.seed,
-                     args.zipf_exponent, args.max_prob, args.min_prob)
-    target = args.l0 or float(round(data.true_l0))
-    targets = sorted({target, args.f1_l0})
-    print(f"features={args.features} d_in={args.d_in} d_sae={d_sae} samples={args.samples} "
-          f"eval_samples={args.eval_samples} seed={args.seed}")
-    print(f"true_l0={data.true_l0:.3f} matched_l0={target:g} f1_l0={args.f1_l0:g} data_seconds={data.seconds:.1f}")
-    print(f"random_dictionary_mcc={random_baseline(data, d_sae, args.seed):.3f}")
-    print(f"torch_threads={torch.get_num_threads()} cpu_count={os.cpu_count()}")
-    print(f"registered={','.join(ARCHITECTURES)} benchmarked={','.join(archs)}")
-
-    results: dict[tuple[str, str], list[Run]] = {}
-    saelens_cache: dict[str, list[Run]] = {}
-
     def log(r: Run) -> None:
         m = r.metrics
         print(f"run impl={r.impl} arch={r.arch} {r.knob}={r.value:.4g} l0={m['l0']:.2f} mcc={m['mcc']:.4f} "
@@ -651,13 +657,39 @@ def main(argv=None) -> int:
               f"dead={m['dead']} seconds={r.seconds:.1f} "
               f"tokens_per_s={r.tokens_per_s:.0f}", flush=True)
 
+    per_seed: list[dict[tuple[str, str], list[Run]]] = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        data = make_data(args.features, args.d_in, args.samples, args.eval_samples, seed,
+                         args.zipf_exponent, args.max_prob, args.min_prob, input_norm=args.input_norm)
+        target = args.l0 or float(round(data.true_l0))
+        targets = sorted({target, args.f1_l0})
+        print(f"features={args.features} d_in={args.d_in} d_sae={d_sae} samples={args.samples} "
+              f"eval_samples={args.eval_samples} seed={seed} input_norm={args.input_norm or 'generator'}")
+        print(f"true_l0={data.true_l0:.3f} matched_l0={target:g} f1_l0={args.f1_l0:g} data_seconds={data.seconds:.1f}")
+        print(f"random_dictionary_mcc={random_baseline(data, d_sae, seed):.3f}")
+        print(f"torch_threads={torch.get_num_threads()} cpu_count={os.cpu_count()}")
+        print(f"registered={','.join(ARCHITECTURES)} benchmarked={','.join(archs)}")
+        per_seed.append(run_seed(archs, data, d_sae, sae_params, targets, seed, args, log))
+
+    speed = {}
+    if args.speed_repeats:
+        speed = speed_check(per_seed[-1], archs, data, d_sae, sae_params, target, args, log)
+    report(per_seed, archs, sae_params, target, args.f1_l0, speed)
+    return 0
+
+
+def run_seed(archs, data: Data, d_sae: int, sae_params, targets: list[float], seed: int, args,
+             log: Callable[[Run], None]) -> dict[tuple[str, str], list[Run]]:
+    """Every architecture on one seed's data, ours and (unless --no-saelens) SAELens's."""
+    results: dict[tuple[str, str], list[Run]] = {}
+    saelens_runs: dict[str, list[Run]] = {}
     for arch in archs:
         shared = shared_recipe(sae_params, arch, args.samples, args.batch_size, args.lr)
         print(f"shared arch={arch} " + " ".join(f"{k}={v}" for k, v in vars(shared).items()), flush=True)
         if arch in DIFFERENCES:
             print(f"differences arch={arch} {DIFFERENCES[arch]}", flush=True)
         results[("ours", arch)] = run_architecture(arch, "ours", data, d_sae, shared, sae_params, targets,
-                                                   args.seed, log, args.runs_per_target)
+                                                   seed, log, args.runs_per_target)
         name = SAELENS.get(arch)
         if args.no_saelens or name is None:
             continue
@@ -665,73 +697,89 @@ def main(argv=None) -> int:
         if theirs != shared:
             print(f"shared impl=saelens arch={arch} lr={theirs.lr}", flush=True)
         key = f"{name}:{theirs}"  # standard and standard_2024 share SAELens's standard sweep
-        if key not in saelens_cache:
-            saelens_cache[key] = run_architecture(arch, "saelens", data, d_sae, theirs, sae_params, targets,
-                                                  args.seed, log, args.runs_per_target)
-        results[("saelens", arch)] = saelens_cache[key]
-
-    speed = {}
-    if args.speed_repeats:
-        speed = speed_check(results, archs, data, d_sae, sae_params, target, args, log)
-    report(results, archs, sae_params, target, args.f1_l0, speed)
-    return 0
+        if key not in saelens_runs:
+            saelens_runs[key] = run_architecture(arch, "saelens", data, d_sae, theirs, sae_params, targets,
+                                                 seed, log, args.runs_per_target)
+        results[("saelens", arch)] = saelens_runs[key]
+    return results
 
 
-def report(results, archs, sae_params, target, f1_target, speed: dict | None = None) -> None:
+def matched_over_seeds(per_seed: list[list[Run]], target: float, fixed: bool) -> tuple[dict, str]:
+    """`matched` on each seed's runs, averaged over the seeds (each metric over the seeds that have it)."""
+    found = [matched(runs, target, fixed) for runs in per_seed]
+    ms = [m for m, _ in found if m]
+    mean = {k: statistics.fmean(m[k] for m in ms if k in m) for k in METRICS if any(k in m for m in ms)}
+    return mean, ",".join(sorted({how for _, how in found}))
+
+
+def report(per_seed: list[dict], archs, sae_params, target, f1_target, speed: dict | None = None) -> None:
+    """The matched metrics per architecture, averaged over the seeds; the MCC gap per seed and its
+    mean with its standard error (the target is judged on the mean)."""
     speed = speed or {}
     rows = []
+    n = len(per_seed)
     print()
     for arch in archs:
         fixed = knob_of(sae_params, arch) == "k"
-        ours = results[("ours", arch)]
-        m_o, how_o = matched(ours, target, fixed)
-        speed_o = sum(r.samples for r in ours) / sum(r.seconds for r in ours)
-        line = {"arch": arch, "ours": (m_o, how_o, speed_o), "best_ours": max(r.metrics["mcc"] for r in ours)}
+        line = {"arch": arch}
         p = f"{arch}"
-        print(f"{p}.ours.mcc={fmt(m_o.get('mcc'), '.4f')} {p}.ours.f1={fmt(m_o.get('f1'), '.4f')} "
-              f"{p}.ours.l0={fmt(m_o.get('l0'), '.2f')} {p}.ours.fvu={fmt(m_o.get('fvu'), '.4f')} "
-              f"{p}.ours.dead={fmt(m_o.get('dead'), '.1f')} {p}.ours.tokens_per_s={speed_o:.0f} {p}.ours.at={how_o}")
-        if ("saelens", arch) in results:
-            theirs = results[("saelens", arch)]
-            m_s, how_s = matched(theirs, target, fixed)
-            speed_s = sum(r.samples for r in theirs) / sum(r.seconds for r in theirs)
-            line["saelens"] = (m_s, how_s, speed_s)
-            line["best_saelens"] = max(r.metrics["mcc"] for r in theirs)
-            print(f"{p}.saelens.mcc={fmt(m_s.get('mcc'), '.4f')} {p}.saelens.f1={fmt(m_s.get('f1'), '.4f')} "
-                  f"{p}.saelens.l0={fmt(m_s.get('l0'), '.2f')} {p}.saelens.fvu={fmt(m_s.get('fvu'), '.4f')} "
-                  f"{p}.saelens.dead={fmt(m_s.get('dead'), '.1f')} {p}.saelens.tokens_per_s={speed_s:.0f} "
-                  f"{p}.saelens.at={how_s}")
-            ratio = speed_o / speed_s
+        for impl in ("ours", "saelens"):
+            if (impl, arch) not in per_seed[0]:
+                continue
+            runs = [res[(impl, arch)] for res in per_seed]
+            every = [r for rs in runs for r in rs]
+            m, how = matched_over_seeds(runs, target, fixed)
+            rate = sum(r.samples for r in every) / sum(r.seconds for r in every)
+            line[impl] = (m, how, rate)
+            line["best_" + impl] = max(r.metrics["mcc"] for r in every)
+            print(f"{p}.{impl}.mcc={fmt(m.get('mcc'), '.4f')} {p}.{impl}.f1={fmt(m.get('f1'), '.4f')} "
+                  f"{p}.{impl}.l0={fmt(m.get('l0'), '.2f')} {p}.{impl}.fvu={fmt(m.get('fvu'), '.4f')} "
+                  f"{p}.{impl}.dead={fmt(m.get('dead'), '.1f')} {p}.{impl}.tokens_per_s={rate:.0f} {p}.{impl}.at={how}")
+        if "saelens" in line:
+            ratio = line["ours"][2] / line["saelens"][2]
             if arch in speed:  # the interleaved check, when it ran, is the better estimate
                 ratio = speed[arch][0] / speed[arch][1]
-                line["speed"] = speed[arch]
                 print(f"{p}.interleaved.ours.tokens_per_s={speed[arch][0]:.0f} "
                       f"{p}.interleaved.saelens.tokens_per_s={speed[arch][1]:.0f}")
             line["ratio"] = ratio
-            if m_o and m_s:
-                print(f"{p}.mcc_minus_saelens={m_o['mcc'] - m_s['mcc']:+.4f} "
-                      f"{p}.mcc_target_met={m_o['mcc'] >= m_s['mcc']} "
-                      f"{p}.speed_ratio={ratio:.2f} {p}.speed_target_met={ratio >= 2}")
+            gaps = []
+            for res in per_seed:
+                m_o, _ = matched(res[("ours", arch)], target, fixed)
+                m_s, _ = matched(res[("saelens", arch)], target, fixed)
+                if m_o and m_s:
+                    gaps.append(m_o["mcc"] - m_s["mcc"])
+            if gaps:
+                gap = statistics.fmean(gaps)
+                se = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+                line["gap"] = (gap, se)
+                print(f"{p}.mcc_minus_saelens={gap:+.4f} {p}.mcc_minus_saelens.se={se:.4f} "
+                      f"{p}.mcc_minus_saelens.per_seed={','.join(f'{g:+.4f}' for g in gaps)} "
+                      f"{p}.mcc_target_met={gap >= 0} {p}.speed_ratio={ratio:.2f} {p}.speed_target_met={ratio >= 2}")
             print(f"{p}.best_mcc.ours={line['best_ours']:.4f} {p}.best_mcc.saelens={line['best_saelens']:.4f}")
         rows.append(line)
 
-    print(f"\nAt matched L0 = {target:g} (fixed k: k = {round(target)}; penalties: interpolated in log L0, "
-          "or the nearest run where the sweep does not bracket it). tok/s: mean over the sweep's runs; "
-          "speed×: ours ÷ SAELens, from the interleaved check when it ran (--speed-repeats), else the sweep's")
-    head = f"{'architecture':<14} {'impl':<8} {'at':<8} {'MCC':>7} {'F1':>7} {'L0':>6} {'FVU':>7} {'dead':>6} " \
-           f"{'tok/s':>9} {'speed×':>7} {'bestMCC':>8}"
+    print(f"\nAt matched L0 = {target:g} (fixed k: k = {round(target)}; penalties: interpolated in log L0 between "
+          f"runs that bracket it, or a run within 2%), mean over {n} seed{'s' * (n > 1)}. tok/s: mean over the "
+          "sweeps' runs; speed×: ours ÷ SAELens, from the interleaved check when it ran (--speed-repeats), else "
+          "the sweeps'; ΔMCC: ours − SAELens, mean over seeds ± its standard error")
+    head = f"{'architecture':<24} {'impl':<8} {'at':<8} {'MCC':>7} {'F1':>7} {'L0':>6} {'FVU':>7} {'dead':>6} " \
+           f"{'tok/s':>9} {'speed×':>7} {'ΔMCC':>16} {'bestMCC':>8}"
     print(head)
     print("-" * len(head))
     for line in rows:
         for impl in ("ours", "saelens"):
             if impl not in line:
                 continue
-            m, how, speed = line[impl]
+            m, how, rate = line[impl]
             ratio = f"{line['ratio']:.2f}" if impl == "ours" and "ratio" in line else ""
+            gap = ""
+            if impl == "ours" and "gap" in line:
+                g, se = line["gap"]
+                gap = f"{g:+.4f}" + (f" ± {se:.4f}" if se == se else "")
             name = line["arch"] if impl == "ours" else f"  ({SAELENS[line['arch']]})"
-            print(f"{name:<14} {impl:<8} {how:<8} {fmt(m.get('mcc'), '7.4f')} {fmt(m.get('f1'), '7.4f')} "
+            print(f"{name:<24} {impl:<8} {how:<8} {fmt(m.get('mcc'), '7.4f')} {fmt(m.get('f1'), '7.4f')} "
                   f"{fmt(m.get('l0'), '6.2f')} {fmt(m.get('fvu'), '7.4f')} {fmt(m.get('dead'), '6.1f')} "
-                  f"{speed:9.0f} {ratio:>7} {line['best_' + impl]:8.4f}")
+                  f"{rate:9.0f} {ratio:>7} {gap:>16} {line['best_' + impl]:8.4f}")
 
     print(f"\nF1 at L0 ≈ {f1_target:g} beside SynthSAEBench's published F1 at L0 = 25 (SAELens docs; its "
           "16k-feature world, not this data)")
@@ -739,8 +787,10 @@ def report(results, archs, sae_params, target, f1_target, speed: dict | None = N
     f1s = {}
     for arch in archs:
         fixed = knob_of(sae_params, arch) == "k"
-        m_o, _ = matched(results[("ours", arch)], f1_target, fixed)
-        m_s, _ = matched(results[("saelens", arch)], f1_target, fixed) if ("saelens", arch) in results else ({}, "")
+        m_o, _ = matched_over_seeds([res[("ours", arch)] for res in per_seed], f1_target, fixed)
+        m_s = {}
+        if ("saelens", arch) in per_seed[0]:
+            m_s, _ = matched_over_seeds([res[("saelens", arch)] for res in per_seed], f1_target, fixed)
         f1s[arch] = m_o.get("f1")
         pub = PUBLISHED_F1_AT_25.get(arch)
         print(f"{arch:<14} {fmt(m_o.get('f1'), '8.4f')} {fmt(m_o.get('l0'), '8.2f')} {fmt(m_s.get('f1'), '11.4f')} "

@@ -99,8 +99,8 @@ def test_sweep_brackets_every_target_and_interpolates():
     assert len(runs) <= 8
     for target in (7.0, 25.0):
         m, how = gt.at_l0(runs, target)
-        assert how in ("interp", "exact") or abs(math.log(m["l0"] / target)) <= 0.1
-        assert m["l0"] == pytest.approx(target, rel=0.1)
+        assert how in ("interp", "exact") or abs(math.log(m["l0"] / target)) <= 0.02
+        assert m["l0"] == pytest.approx(target, rel=0.02)
         assert m["mcc"] == pytest.approx(0.5 + 0.1 * math.log(target), abs=0.01)  # linear in log L0: exact
 
 
@@ -110,3 +110,30 @@ def test_at_l0_without_a_bracket_is_the_nearest_run():
     assert how == "nearest" and m["l0"] == 10.0
     m, how = gt.at_l0(runs, 7.0)
     assert how == "interp" and 0.8 < m["mcc"] < 0.9
+
+
+@pytest.mark.parametrize("ours,met", [((0.95, 0.93), True), ((0.95, 0.92), False)])
+def test_report_judges_the_gap_averaged_over_seeds(capsys, sae_params, ours, met):
+    def seed(mine: float, theirs: float) -> dict:
+        return {("ours", "standard"): [_fake(1.0, 7.0, mine), _fake(2.0, 5.0, 0.5)],
+                ("saelens", "standard"): [_fake(1.0, 7.0, theirs), _fake(0.5, 9.0, 0.99)]}
+
+    gt.report([seed(ours[0], 0.94), seed(ours[1], 0.94)], ["standard"], sae_params, 7.0, 25.0)
+    out = capsys.readouterr().out
+    gaps = [o - 0.94 for o in ours]
+    assert f"standard.ours.mcc={sum(ours) / 2:.4f}" in out and "standard.saelens.mcc=0.9400" in out
+    assert f"standard.mcc_minus_saelens={sum(gaps) / 2:+.4f}" in out
+    assert f"standard.mcc_minus_saelens.se={abs(gaps[0] - gaps[1]) / 2:.4f}" in out  # sd / sqrt(2), two seeds
+    assert f"per_seed={gaps[0]:+.4f},{gaps[1]:+.4f}" in out
+    assert f"standard.mcc_target_met={met}" in out
+
+
+def test_input_norm_rescales_every_row_by_one_constant(single_thread):
+    native = gt.make_data(N_FEATURES, D_IN, 2_000, 500, seed=3)
+    scaled = gt.make_data(N_FEATURES, D_IN, 2_000, 500, seed=3, input_norm=5.0)
+    assert scaled.train.norm(dim=1).mean().item() == pytest.approx(5.0, rel=1e-5)
+    c = 5.0 / native.train.norm(dim=1).mean().item()
+    torch.testing.assert_close(scaled.train, native.train * c)
+    torch.testing.assert_close(scaled.eval_x, native.eval_x * c)  # the held-out rows by the same constant
+    assert torch.equal(scaled.features, native.features) and torch.equal(scaled.eval_fired, native.eval_fired)
+    assert scaled.spec["input_norm"] == 5.0 and "input_norm" not in native.spec  # a different cache key
