@@ -82,9 +82,10 @@ DIFFERENCES = {
                 "b_dec at the geometric median, neuron resampling (params.yaml's steps, scaled), MSE mean over "
                 "elements, no grad clipping | SAELens standard: L1 weighted by decoder norms, free decoder norms "
                 "from 0.1, W_enc = W_dec^T, b_dec = 0, MSE summed over dims, grad clipping at 1",
-    "standard_2024": "ours: inputs scaled to mean norm sqrt(d_in), no pre-encoder bias, b_dec = 0 | SAELens "
+    "standard_2024": "ours (the paper's, by default): inputs scaled to mean norm sqrt(d_in), no pre-encoder bias "
+                     "(--option standard_2024.scale_inputs=false and pre_encoder_bias=true: SAELens's) | SAELens "
                      "standard: unscaled inputs, b_dec subtracted before the encoder; both decoder-norm-weighted "
-                     "L1, decoder rows from 0.1, W_enc = W_dec^T, grad clipping at 1",
+                     "L1, b_dec = 0, decoder rows from 0.1, W_enc = W_dec^T, grad clipping at 1",
     "topk": "ours: unit-norm decoder, b_dec at the geometric median, MSE / Var(x) and AuxK normalised by the "
             "residual's variance (Gao et al.'s code), AuxK coefficient warmed up with the shared schedule | "
             "SAELens topk: decoder rows from 0.1 with top-k on pre-activations x decoder norms, b_dec = 0, plain "
@@ -688,6 +689,7 @@ def run_seed(archs, data: Data, d_sae: int, sae_params, targets: list[float], se
         print(f"shared arch={arch} " + " ".join(f"{k}={v}" for k, v in vars(shared).items()), flush=True)
         if arch in DIFFERENCES:
             print(f"differences arch={arch} {DIFFERENCES[arch]}", flush=True)
+        print(f"options arch={arch} " + " ".join(f"{k}={v}" for k, v in sae_params.options(arch).items()), flush=True)
         results[("ours", arch)] = run_architecture(arch, "ours", data, d_sae, shared, sae_params, targets,
                                                    seed, log, args.runs_per_target)
         name = SAELENS.get(arch)

@@ -28,22 +28,24 @@ def _randomised(sae: torch.nn.Module, scale: float, b_enc_mean: float = 0.0, see
 
 
 def _plain_2024(p, x, coefficient):
-    """The April 2024 loss written out, through autograd."""
+    """The April 2024 loss written out, through autograd (x' − b_dec into the encoder with the option)."""
     s = p.input_scale
-    f = torch.relu(x * s @ p.W_enc + p.b_enc)
+    f = torch.relu((x * s - p.b_dec * p.pre_encoder_bias) @ p.W_enc + p.b_enc)
     x_hat = f @ p.W_dec + p.b_dec
     sse = (x_hat - x * s).pow(2).sum(-1).mean()
     l1 = (f * p.W_dec.norm(dim=1)).sum(-1).mean()
     return x_hat / s, f / s, sse + coefficient * l1, (x_hat / s - x).pow(2).mean(), l1
 
 
+@pytest.mark.parametrize("pre_encoder_bias", [False, True], ids=["paper", "pre_encoder_bias"])
 @pytest.mark.parametrize("b_enc_mean, x_needs_grad", [(0.0, False), (-2.5, False), (-1.0, True)],
                          ids=["dense", "sparse", "autograd"])
-def test_standard_2024_loss_and_gradients_are_the_formulas(b_enc_mean, x_needs_grad):
+def test_standard_2024_loss_and_gradients_are_the_formulas(b_enc_mean, x_needs_grad, pre_encoder_bias):
     """The hand-written step's two paths, and autograd's (x needs a gradient, as on GPU or under
-    autocast), against the April 2024 formula."""
+    autocast), against the April 2024 formula, with and without SAELens's pre-encoder bias."""
     torch.manual_seed(0)
-    sae = _randomised(Standard2024(12, 96, l1_coefficient=0.7, decoder_init_norm=0.3), 4.0, b_enc_mean)
+    sae = _randomised(Standard2024(12, 96, l1_coefficient=0.7, decoder_init_norm=0.3,
+                                   pre_encoder_bias=pre_encoder_bias), 4.0, b_enc_mean)
     x = torch.randn(64, 12) * 4.0
     plain = copy.deepcopy(sae)
     out = sae(x.clone().requires_grad_(x_needs_grad), 0.7)
@@ -71,6 +73,9 @@ def test_standard_2024_initialisation_and_scale():
     assert not sae.b_dec.any()  # no geometric median: the paper starts b_dec at zero
     torch.testing.assert_close((x * sae.input_scale).norm(dim=1).mean(), torch.tensor(4.0))  # √16
     assert Standard2024.unit_norm_decoder is False and Standard2024.max_grad_norm == 1.0
+    unscaled = Standard2024(16, 64, scale_inputs=False)
+    unscaled.initialize(x)
+    assert unscaled.input_scale.item() == 1.0  # SAELens's standard trainer: inputs as they come
 
 
 @pytest.mark.parametrize("sparse_below", [1.0, 0.0], ids=["sparse", "dense"])
@@ -154,18 +159,19 @@ def test_training_recovers_known_features(make, steps, lr):
     assert last["l0"] < 6 * world.active, last
 
 
-@pytest.mark.parametrize("arch", ["standard_2024", "jumprelu"])
-def test_saelens_export_reproduces_our_features_and_reconstructions(tmp_path, arch):
+@pytest.mark.parametrize("arch, options", [("standard_2024", {}), ("standard_2024", {"pre_encoder_bias": True}),
+                                           ("jumprelu", {})], ids=["standard_2024", "pre_encoder_bias", "jumprelu"])
+def test_saelens_export_reproduces_our_features_and_reconstructions(tmp_path, arch, options):
     sae_lens = pytest.importorskip("sae_lens")
     torch.manual_seed(0)
-    sae = _randomised(ARCHITECTURES[arch](10, 40), 6.0, -0.3)
+    sae = _randomised(ARCHITECTURES[arch](10, 40, **options), 6.0, -0.3)
     if arch == "jumprelu":
         with torch.no_grad():
             sae.log_threshold.copy_(torch.rand(40).add(0.2).log())
     save_sae(sae, tmp_path / "d", {"hook_name": "mlp.act"})
     cfg = json.loads((tmp_path / "d/cfg.json").read_text())
     assert cfg["architecture"] == ("standard" if arch == "standard_2024" else "jumprelu")
-    assert cfg["apply_b_dec_to_input"] is False and cfg["normalize_activations"] == "none"
+    assert cfg["apply_b_dec_to_input"] is bool(options) and cfg["normalize_activations"] == "none"
     assert cfg["metadata"]["monosemantic"]["architecture"] == arch
     assert math.isclose(cfg["input_scale"], sae.input_scale.item())
 

@@ -275,6 +275,10 @@ class Standard2024Params(_Architecture):
     l1_coefficient: float = Field(5.0, gt=0, description="λ on Σ_i f_i·‖W_dec,i‖, with inputs scaled to mean "
                                   "norm √d_in and the squared error summed over dimensions (Anthropic, April 2024)")
     decoder_init_norm: float = Field(0.1, gt=0, description="initial norm of every decoder row (paper: 0.05 to 1)")
+    pre_encoder_bias: bool = Field(False, description="subtract b_dec before the encoder (the 2023 recipe's and "
+                                   "SAELens's; the paper drops it)")
+    scale_inputs: bool = Field(True, description="scale inputs to mean norm √d_in (the paper's; SAELens's "
+                               "standard trainer does not)")
 
 
 class TopKParams(_Architecture):
