@@ -23,9 +23,9 @@ Differences from the paper:
 - `mse` in the Output is the mean over elements in x's units (the same measure for every
   architecture); the loss itself is the paper's.
 
-Two options, off by default, give SAELens's `standard` trainer, which keeps both 2023 choices the
-paper dropped: `pre_encoder_bias` (x − b_dec/s enters the encoder: x̄' = x' − b_dec) and
-`scale_inputs: false` (s = 1). On known features (benchmarks/ground_truth.py, inputs of mean norm
+Two options, the paper's by default, give SAELens's `standard` trainer, which keeps both 2023
+choices the paper dropped: `pre_encoder_bias: true` (x − b_dec/s enters the encoder: x̄' = x' − b_dec)
+and `scale_inputs: false` (s = 1). On known features (benchmarks/ground_truth.py, inputs of mean norm
 2.6 in 128 dimensions, so s = 4.3) they decide the gap between the two: the biases must travel s
 times farther in x' units at Adam's step of about lr, and without the pre-encoder bias each latent
 also sees the inputs' mean. With both set, ours matches SAELens's MCC (README, "Against SAELens").
