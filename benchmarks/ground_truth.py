@@ -643,6 +643,10 @@ def main(argv=None) -> int:
     PROGRESS, CACHE = args.progress, args.cache
     torch.set_num_threads(args.threads)
     archs = args.arch or list(ARCHITECTURES)
+    if args.seeds < 1:
+        ap.error(f"--seeds {args.seeds}: give at least 1")
+    if args.input_norm is not None and not args.input_norm > 0:
+        ap.error(f"--input-norm {args.input_norm}: a mean norm must be positive (e.g. 11.31 = sqrt(128))")
     unknown = [a for a in archs if a not in ARCHITECTURES]
     if unknown:
         ap.error(f"not registered: {', '.join(unknown)} (registered: {', '.join(ARCHITECTURES)})")

@@ -137,3 +137,10 @@ def test_input_norm_rescales_every_row_by_one_constant(single_thread):
     torch.testing.assert_close(scaled.eval_x, native.eval_x * c)  # the held-out rows by the same constant
     assert torch.equal(scaled.features, native.features) and torch.equal(scaled.eval_fired, native.eval_fired)
     assert scaled.spec["input_norm"] == 5.0 and "input_norm" not in native.spec  # a different cache key
+
+
+@pytest.mark.parametrize("argv, named", [(["--seeds", "0"], "--seeds 0"), (["--input-norm", "-1"], "--input-norm -1")])
+def test_bad_arguments_are_named_before_any_work(capsys, argv, named):
+    with pytest.raises(SystemExit):
+        gt.main(argv + ["--cache", "/nonexistent/runs.jsonl"])
+    assert named in capsys.readouterr().err
