@@ -713,11 +713,13 @@ def run_seed(archs, data: Data, d_sae: int, sae_params, targets: list[float], se
 
 
 def matched_over_seeds(per_seed: list[list[Run]], target: float, fixed: bool) -> tuple[dict, str]:
-    """`matched` on each seed's runs, averaged over the seeds (each metric over the seeds that have it)."""
+    """`matched` on each seed's runs, averaged over the seeds that have a match; when some have none
+    (a fixed k that was not trained), `how` says on how many of them the mean stands, e.g. "k 2/3"."""
     found = [matched(runs, target, fixed) for runs in per_seed]
     ms = [m for m, _ in found if m]
-    mean = {k: statistics.fmean(m[k] for m in ms if k in m) for k in METRICS if any(k in m for m in ms)}
-    return mean, ",".join(sorted({how for _, how in found}))
+    mean = {k: statistics.fmean(m[k] for m in ms) for k in METRICS if ms and all(k in m for m in ms)}
+    how = ",".join(sorted({how for m, how in found if m})) or "missing"
+    return mean, how if len(ms) in (0, len(found)) else f"{how} {len(ms)}/{len(found)}"
 
 
 def report(per_seed: list[dict], archs, sae_params, target, f1_target, speed: dict | None = None) -> None:

@@ -112,6 +112,15 @@ def test_at_l0_without_a_bracket_is_the_nearest_run():
     assert how == "interp" and 0.8 < m["mcc"] < 0.9
 
 
+def test_a_seed_without_the_fixed_k_run_is_named_not_dropped_silently():
+    with_k = [_fake(7.0, 7.1, 0.9), _fake(25.0, 24.0, 0.8)]
+    m, how = gt.matched_over_seeds([with_k, [_fake(25.0, 24.0, 0.7)]], 7.0, fixed=True)
+    assert how == "k 1/2" and m["mcc"] == 0.9
+    m, how = gt.matched_over_seeds([with_k, with_k], 7.0, fixed=True)
+    assert how == "k" and m["mcc"] == 0.9
+    assert gt.matched_over_seeds([with_k[1:]], 7.0, fixed=True) == ({}, "missing")
+
+
 @pytest.mark.parametrize("ours,met", [((0.95, 0.93), True), ((0.95, 0.92), False)])
 def test_report_judges_the_gap_averaged_over_seeds(capsys, sae_params, ours, met):
     def seed(mine: float, theirs: float) -> dict:
