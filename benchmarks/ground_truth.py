@@ -656,6 +656,10 @@ def main(argv=None) -> int:
         impl, _, arch = key.partition(".")
         START[(impl, arch)] = float(value)
     d_sae = args.d_sae or args.features
+    for flag, v in (("--l0", args.l0), ("--f1-l0", args.f1_l0)):
+        if v is not None and round(v) >= d_sae:
+            ap.error(f"{flag} {v:g}: a target L0 (TopK-style runs train at k = round(it)) must be below "
+                     f"the dictionary size {d_sae} (--d-sae)")
 
     def log(r: Run) -> None:
         m = r.metrics

@@ -212,7 +212,7 @@ def audit(target: str | Path) -> Report:
     if record is None:  # before anything is hashed: `audit /` must not read the disk
         raise UserError(f"{target} is not a monosemantic artifact: it carries no provenance record "
                         f"({PROVENANCE_FILE}, <name>.provenance.json beside it, or a Zarr store's provenance "
-                        "attribute); audit a stage output such as models/sae/<size>")
+                        "attribute); audit a stage output such as models/sae/<architecture>-<size>")
     root = find_workspace(target)
     report = Report(target=str(target), workspace=str(root) if root else None)
     if root is None:

@@ -5,10 +5,18 @@
 
 Decoder rows at unit norm (the parallel gradient removed before each step, rows renormalised
 after), b_dec at the geometric median of a sample, Adam, and neuron resampling at the configured
-steps (monosemantic.sae.resample). No deviation from the paper's recipe; its scale (batch 8192,
-1M steps) is a params change (params/paper.yaml). The learning rate is params.yaml's
-sae.standard.lr, 0.01 for the default 1,000-step run: unit-norm decoder rows move by about lr per
-step, and at 1e-3 they barely settle (README, "Dictionary architectures").
+steps (monosemantic.sae.resample). The model and loss are the paper's; what differs is the shared
+trainer's run, set in params:
+- Schedule: sae.train's linear lr warm-up, linear lr decay to zero and λ warm-up (later practice;
+  the paper states none). Set lr_warmup_steps, lr_decay_steps and l1_warmup_steps to 0 for a
+  constant rate and λ.
+- Length and resampling: the paper resamples at 25k, 50k, 75k and 100k of 1M steps (2.5-10% of the
+  run); the default 1,000-step run resamples at steps 200-800, one dead window (200 steps) apart, so
+  the last resampled features get 200 steps to settle, inside the lr decay. params/paper.yaml has
+  the paper's absolute steps in a 150k-step run.
+- Learning rate: params.yaml's sae.standard.lr, 0.01 for the default run: unit-norm decoder rows
+  move by about lr per step, and at 1e-3 they barely settle in 1,000 steps (README, "Dictionary
+  architectures").
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ The main reconstruction runs through `Dictionary.autoencode`'s sparse products (
 latents fire); AuxK goes through autograd on the dead latents' columns only.
 
 Differences from the paper:
+- The main term is normalised by Var(x), as in the released code; the paper writes the plain
+  squared error. Adam is all but blind to the loss's scale, so this only sets α's weight.
 - α rises linearly over sae.train.l1_warmup_steps (the trainer warms up every architecture's
   coefficient); with a warm-up no longer than dead_window (params.yaml's), no latent can be
   dead before α is whole, so this changes nothing.
