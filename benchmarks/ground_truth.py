@@ -2,7 +2,10 @@
 
 Synthetic activations with known features from `sae_lens.synthetic`: `--features` true feature
 directions (unit vectors in `--d-in` dims, SAELens's orthogonalising initializer), each firing
-independently with a Zipfian probability (SAELens's `zipfian_firing_probabilities`, magnitude 1).
+independently with a Zipfian probability (SAELens's `zipfian_firing_probabilities`, magnitude 1);
+or, with `--world hierarchical`, SynthSAEBench-16k's recipe at this size (parents gating mutually
+exclusive children, correlations, varied magnitudes: `make_data`), the world whose F1 ordering
+SAELens publishes.
 Every dictionary architecture registered in `monosemantic.sae.ARCHITECTURES` is trained by our
 trainer (`train_sae`) and, where SAELens 6.x trains the same architecture, by SAELens's own
 `SAETrainer`, on the same rows in the same order (generated once from `--seed`) for the same
@@ -55,6 +58,7 @@ concatenated):
     PYTHONPATH=src:. python benchmarks/ground_truth.py --seeds 3 --cache runs.jsonl     # every architecture
     PYTHONPATH=src:. python benchmarks/ground_truth.py --arch standard topk --samples 300000
     PYTHONPATH=src:. python benchmarks/ground_truth.py --arch jumprelu --option jumprelu.threshold_init=0.1
+    PYTHONPATH=src:. python benchmarks/ground_truth.py --world hierarchical --features 2048 --d-sae 512 --f1-l0 3
 Prints one `run ...` line per training, name=value lines per architecture, then the tables.
 """
 
@@ -129,40 +133,87 @@ class Data:
         return self.features.shape[1]
 
 
+# Each world's Zipfian firing probabilities (exponent, max, min) unless --zipf-exponent etc. say otherwise.
+ZIPF = {"independent": (1.0, 0.3, 0.01), "hierarchical": (0.5, 0.4, 5e-4)}
+
+
 def make_data(n_features: int = 512, d_in: int = 128, n_train: int = 3_000_000, n_eval: int = 100_000,
-              seed: int = 0, exponent: float = 1.0, max_prob: float = 0.3, min_prob: float = 0.01,
-              chunk: int = 16_384, input_norm: float | None = None) -> Data:
-    """SAELens's generator: FeatureDictionary(seed) and ActivationGenerator with Zipfian firing
-    probabilities (it draws from torch's global RNG, seeded here: `seed` for training rows,
-    `seed + 1` for the held-out set). `input_norm`: every row multiplied by one constant so that the
-    training rows' mean norm is this (default: the generator's own scale, magnitude-1 features)."""
+              seed: int = 0, exponent: float | None = None, max_prob: float | None = None,
+              min_prob: float | None = None, chunk: int = 16_384, input_norm: float | None = None,
+              world: str = "independent") -> Data:
+    """SAELens's generators, which draw from torch's global RNG, seeded here: `seed` for training
+    rows, `seed + 1` for the held-out set.
+
+    independent: FeatureDictionary(seed) and an ActivationGenerator with Zipfian firing
+    probabilities, every feature independent, magnitude 1.
+    hierarchical: SynthSAEBench-16k's recipe (SAELens docs, "SynthSAEBench") at this size: Zipfian
+    firing (0.5, 0.4, 5e-4), a forest of n_features/128 roots with 4 children each to depth 3
+    whose children are mutually exclusive and fire only with their parent, low-rank correlations
+    (rank 25, scale 0.1), 100 orthogonalisation steps, mean magnitudes from 5 (frequent) to 4
+    (rare) with folded-normal spreads (0.5, 0.5), and the generator's bias of norm 1. Its true L0
+    is measured on the held-out set (the hierarchy gates the probabilities).
+
+    `input_norm`: every row multiplied by one constant so that the training rows' mean norm is this
+    (default: the generator's own scale)."""
     from sae_lens.synthetic import ActivationGenerator, FeatureDictionary, zipfian_firing_probabilities
 
+    defaults = ZIPF[world]
+    exponent, max_prob, min_prob = (d if v is None else v for v, d in zip((exponent, max_prob, min_prob), defaults))
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    fd = FeatureDictionary(n_features, d_in, seed=seed)  # its initializer optimises: not under no_grad
-    fd.requires_grad_(False)
-    probs = zipfian_firing_probabilities(n_features, exponent=exponent, max_prob=max_prob, min_prob=min_prob)
-    gen = ActivationGenerator(n_features, probs)
+    if world == "hierarchical":
+        model = _hierarchical(n_features, d_in, seed, exponent, max_prob, min_prob)
+        fd, probs = model.feature_dict, None
+        sample = model.activation_generator.sample
+    else:
+        fd = FeatureDictionary(n_features, d_in, seed=seed)  # its initializer optimises: not under no_grad
+        fd.requires_grad_(False)
+        probs = zipfian_firing_probabilities(n_features, exponent=exponent, max_prob=max_prob, min_prob=min_prob)
+        sample = ActivationGenerator(n_features, probs).sample
     train = torch.empty(n_train, d_in)
-    for i in range(0, n_train, chunk):
-        n = min(chunk, n_train - i)
-        train[i:i + n] = fd(gen.sample(n))
-    torch.manual_seed(seed + 1)
-    eval_x, fired = torch.empty(n_eval, d_in), torch.empty(n_eval, n_features, dtype=torch.bool)
-    for i in range(0, n_eval, chunk):
-        n = min(chunk, n_eval - i)
-        acts = gen.sample(n)
-        eval_x[i:i + n], fired[i:i + n] = fd(acts), acts > 0
+    with torch.no_grad():
+        for i in range(0, n_train, chunk):
+            n = min(chunk, n_train - i)
+            train[i:i + n] = fd(sample(n))
+        torch.manual_seed(seed + 1)
+        eval_x, fired = torch.empty(n_eval, d_in), torch.empty(n_eval, n_features, dtype=torch.bool)
+        for i in range(0, n_eval, chunk):
+            n = min(chunk, n_eval - i)
+            acts = sample(n)
+            eval_x[i:i + n], fired[i:i + n] = fd(acts), acts > 0
+    true_l0 = float(probs.sum()) if probs is not None else fired.sum(1).float().mean().item()
     spec = {"n_features": n_features, "d_in": d_in, "n_train": n_train, "n_eval": n_eval, "seed": seed,
             "exponent": exponent, "max_prob": max_prob, "min_prob": min_prob}
+    if world != "independent":
+        spec["world"] = world  # the independent world's keys stay as they were: cached runs still match
     if input_norm is not None:
         scale = input_norm / train.norm(dim=1).mean().item()
         train *= scale
         eval_x *= scale
         spec["input_norm"] = input_norm
-    return Data(fd.feature_vectors.detach().clone(), train, eval_x, fired, float(probs.sum()),
-                time.perf_counter() - t0, spec)
+    return Data(fd.feature_vectors.detach().clone(), train, eval_x, fired, true_l0, time.perf_counter() - t0, spec)
+
+
+def _hierarchical(n_features: int, d_in: int, seed: int, exponent: float, max_prob: float, min_prob: float):
+    from sae_lens.synthetic import (FoldedNormalMagnitudeConfig, HierarchyConfig, LinearMagnitudeConfig, SyntheticModel,
+                                    ZipfianFiringProbabilityConfig)
+    from sae_lens.synthetic.synthetic_model import (LowRankCorrelationConfig, OrthogonalizationConfig,
+                                                    SyntheticModelConfig)
+
+    if n_features < 128:
+        raise ValueError(f"the hierarchical world needs at least 128 features (one root per 128); got {n_features}")
+    cfg = SyntheticModelConfig(
+        num_features=n_features, hidden_dim=d_in,
+        firing_probability=ZipfianFiringProbabilityConfig(exponent=exponent, max_prob=max_prob, min_prob=min_prob),
+        hierarchy=HierarchyConfig(total_root_nodes=n_features // 128, branching_factor=4, max_depth=3,
+                                  mutually_exclusive_portion=1.0),
+        correlation=LowRankCorrelationConfig(rank=25, correlation_scale=0.1),
+        orthogonalization=OrthogonalizationConfig(num_steps=100, lr=3e-4),
+        mean_firing_magnitudes=LinearMagnitudeConfig(start=5.0, end=4.0),
+        std_firing_magnitudes=FoldedNormalMagnitudeConfig(mean=0.5, std=0.5), seed=seed)
+    model = SyntheticModel(cfg)
+    model.requires_grad_(False)
+    return model
 
 
 # ---------------------------------------------------------------- evaluation
@@ -614,9 +665,12 @@ def main(argv=None) -> int:
     ap.add_argument("--input-norm", type=float, default=None, help="rescale the rows to this mean norm (default: "
                     "the generator's, 2.6 at 128 dims); e.g. 11.31 = sqrt(128), where standard_2024 leaves them as "
                     "they are: a trainer without its input scaling then sees the same inputs")
-    ap.add_argument("--zipf-exponent", type=float, default=1.0)
-    ap.add_argument("--max-prob", type=float, default=0.3)
-    ap.add_argument("--min-prob", type=float, default=0.01)
+    ap.add_argument("--world", choices=sorted(ZIPF), default="independent",
+                    help="independent features, or SynthSAEBench-16k's hierarchical, correlated recipe at this size")
+    ap.add_argument("--zipf-exponent", type=float, default=None, help="default: the world's (independent 1.0, "
+                    "hierarchical 0.5)")
+    ap.add_argument("--max-prob", type=float, default=None, help="default: the world's (0.3, 0.4)")
+    ap.add_argument("--min-prob", type=float, default=None, help="default: the world's (0.01, 5e-4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, default=1, help="repeat everything on this many seeds (data and models: "
                     "--seed, --seed+1, ...) and report the means, with the MCC gap's standard error over seeds: "
@@ -655,6 +709,8 @@ def main(argv=None) -> int:
         key, _, value = spec.partition("=")
         impl, _, arch = key.partition(".")
         START[(impl, arch)] = float(value)
+    if args.world == "hierarchical" and args.features < 128:
+        ap.error(f"--world hierarchical --features {args.features}: give at least 128 (one root per 128 features)")
     d_sae = args.d_sae or args.features
     for flag, v in (("--l0", args.l0), ("--f1-l0", args.f1_l0)):
         if v is not None and round(v) >= d_sae:
@@ -670,11 +726,11 @@ def main(argv=None) -> int:
 
     per_seed: list[dict[tuple[str, str], list[Run]]] = []
     for seed in range(args.seed, args.seed + args.seeds):
-        data = make_data(args.features, args.d_in, args.samples, args.eval_samples, seed,
-                         args.zipf_exponent, args.max_prob, args.min_prob, input_norm=args.input_norm)
+        data = make_data(args.features, args.d_in, args.samples, args.eval_samples, seed, args.zipf_exponent,
+                         args.max_prob, args.min_prob, input_norm=args.input_norm, world=args.world)
         target = args.l0 or float(round(data.true_l0))
         targets = sorted({target, args.f1_l0})
-        print(f"features={args.features} d_in={args.d_in} d_sae={d_sae} samples={args.samples} "
+        print(f"world={args.world} features={args.features} d_in={args.d_in} d_sae={d_sae} samples={args.samples} "
               f"eval_samples={args.eval_samples} seed={seed} input_norm={args.input_norm or 'generator'}")
         print(f"true_l0={data.true_l0:.3f} matched_l0={target:g} f1_l0={args.f1_l0:g} data_seconds={data.seconds:.1f}")
         print(f"random_dictionary_mcc={random_baseline(data, d_sae, seed):.3f}")

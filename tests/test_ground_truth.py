@@ -161,8 +161,26 @@ def test_input_norm_rescales_every_row_by_one_constant(single_thread):
     assert scaled.spec["input_norm"] == 5.0 and "input_norm" not in native.spec  # a different cache key
 
 
+def test_the_hierarchical_world_gates_children_by_their_parents(single_thread):
+    d = gt.make_data(256, 32, 2_000, 4_000, seed=0, world="hierarchical")
+    assert d.features.shape == (256, 32) and d.spec["world"] == "hierarchical" and d.spec["exponent"] == 0.5
+    assert d.true_l0 == pytest.approx(d.eval_fired.sum(1).float().mean().item())  # measured, not Σp
+    roots = gt._hierarchical(256, 32, 0, 0.5, 0.4, 5e-4).hierarchy.roots
+    assert len(roots) == 2  # one per 128 features
+    fired = d.eval_fired
+    for root in roots:
+        children = [c.feature_index for c in root.children]
+        assert len(children) == 4
+        assert not fired[:, children].any(1)[~fired[:, root.feature_index]].any()  # no child without its parent
+        assert (fired[:, children].sum(1) <= 1).all()  # siblings mutually exclusive
+    again = gt.make_data(256, 32, 2_000, 4_000, seed=0, world="hierarchical")
+    assert torch.equal(d.train, again.train) and torch.equal(d.eval_fired, again.eval_fired)
+    assert "world" not in gt.make_data(64, 32, 1_000, 1_000, seed=0).spec  # the independent world's cache keys stand
+
+
 @pytest.mark.parametrize("argv, named", [(["--seeds", "0"], "--seeds 0"), (["--input-norm", "-1"], "--input-norm -1"),
-                                          (["--d-sae", "16"], "--f1-l0 25"), (["--l0", "64", "--d-sae", "64"], "--l0 64")])
+                                          (["--d-sae", "16"], "--f1-l0 25"), (["--l0", "64", "--d-sae", "64"], "--l0 64"),
+                                          (["--world", "hierarchical", "--features", "64"], "--features 64")])
 def test_bad_arguments_are_named_before_any_work(capsys, argv, named):
     with pytest.raises(SystemExit):
         gt.main(argv + ["--cache", "/nonexistent/runs.jsonl"])
