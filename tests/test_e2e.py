@@ -363,9 +363,9 @@ def test_metrics_diff_shows_the_evaluation_after_a_params_change(repo, tmp_path)
     assert "| 8000 " in diff and "| 4000 " in diff
 
 
-@pytest.mark.parametrize("size", [128, 256])
-def test_features_and_neurons_are_explained_and_scored(repo, size):
-    name = f"standard-{size}"
+@pytest.mark.parametrize("name", ["standard-128", "standard-256", "topk-128", "topk-256"])
+def test_features_and_neurons_are_explained_and_scored(repo, name):
+    size = int(name.split("-")[1])
     m = json.loads((repo / f"metrics/sae/{name}/interp.json").read_text())
     assert m["backend"] == "baseline" and m["n_tokens"] == 40000
     assert m["features"]["scored"] == 40 and m["neurons"]["scored"] + m["neurons"]["too_rare"] == 128
