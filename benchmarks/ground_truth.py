@@ -162,11 +162,13 @@ def make_data(n_features: int = 512, d_in: int = 128, n_train: int = 3_000_000, 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     if world == "hierarchical":
-        model = _hierarchical(n_features, d_in, seed, exponent, max_prob, min_prob)
+        with _quiet():
+            model = _hierarchical(n_features, d_in, seed, exponent, max_prob, min_prob)
         fd, probs = model.feature_dict, None
         sample = model.activation_generator.sample
     else:
-        fd = FeatureDictionary(n_features, d_in, seed=seed)  # its initializer optimises: not under no_grad
+        with _quiet():
+            fd = FeatureDictionary(n_features, d_in, seed=seed)  # its initializer optimises: not under no_grad
         fd.requires_grad_(False)
         probs = zipfian_firing_probabilities(n_features, exponent=exponent, max_prob=max_prob, min_prob=min_prob)
         sample = ActivationGenerator(n_features, probs).sample
@@ -361,25 +363,27 @@ PROGRESS = False  # --progress: show the trainers' progress bars
 
 @contextlib.contextmanager
 def _quiet():
-    """Both trainers draw tqdm bars (ours passes `disable=` itself, so TQDM_DISABLE cannot reach it)."""
+    """Both trainers and SAELens's feature orthogonaliser draw tqdm bars (ours passes `disable=`
+    itself, so TQDM_DISABLE cannot reach it)."""
     import tqdm as tqdm_module
+    import sae_lens.synthetic.feature_dictionary as orthogonaliser
     import sae_lens.training.sae_trainer as theirs
     import monosemantic.sae.trainer as ours
 
     if PROGRESS:
         yield
         return
-    saved = ours.tqdm, theirs.tqdm
+    saved = ours.tqdm, theirs.tqdm, orthogonaliser.tqdm
 
     def silent(*args, **kwargs):
         kwargs["disable"] = True
         return tqdm_module.tqdm(*args, **kwargs)
 
-    ours.tqdm = theirs.tqdm = silent
+    ours.tqdm = theirs.tqdm = orthogonaliser.tqdm = silent
     try:
         yield
     finally:
-        ours.tqdm, theirs.tqdm = saved
+        ours.tqdm, theirs.tqdm, orthogonaliser.tqdm = saved
 
 
 def _batches(data: torch.Tensor, batch_size: int):
