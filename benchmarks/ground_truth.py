@@ -40,7 +40,8 @@ standard error. The target is judged on the mean gap.
 
 Shared hyper-parameters (identical on both sides): samples, batch size, learning rate (the
 project's params.yaml value for the architecture unless `--lr`), linear lr warm-up, linear lr
-decay to 0, linear warm-up of the sparsity coefficient, the dead-latent window (AuxK), k, AuxK
+decay to 0, linear warm-up of the sparsity coefficient (at step t SAELens applies t/W of it, ours
+(t+1)/W: one step ahead), the dead-latent window (AuxK), k, AuxK
 coefficient, BatchTopK threshold EMA rate, JumpReLU bandwidth and initial threshold, Matryoshka
 prefix widths. The schedule is params.yaml's, scaled to this run's step count. What each
 recipe does differently (printed as `differences=`) is its own: e.g. SAELens's `standard` is the
