@@ -470,24 +470,30 @@ def train_saelens(arch: str, knob: str, value: float, data: Data, d_sae: int, sh
     return cached(key, lambda: _train_saelens(name, knob, value, kwargs, data, shared, seed))
 
 
-def _train_saelens(name: str, knob: str, value: float, kwargs: dict, data: Data, shared: Shared, seed: int) -> Run:
-    from sae_lens import SAE
+def saelens_trainer_config(shared: Shared):
+    """SAELens's `SAETrainerConfig` as sae_lens.synthetic.train_toy_sae sets it, with our schedule and
+    dead window."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.registry import get_sae_training_class
-    from sae_lens.training.sae_trainer import SAETrainer
 
-    sae_cls, cfg_cls = get_sae_training_class(name)
-    torch.manual_seed(seed)
-    sae = sae_cls(cfg_cls(**kwargs))
-    # As sae_lens.synthetic.train_toy_sae configures it, with our schedule and dead window.
-    cfg = SAETrainerConfig(
+    return SAETrainerConfig(
         total_training_samples=shared.steps * shared.batch_size, train_batch_size_samples=shared.batch_size,
         lr=shared.lr, lr_end=shared.lr, lr_scheduler_name="constant", lr_warm_up_steps=shared.lr_warmup_steps,
         lr_decay_steps=shared.lr_decay_steps, adam_beta1=0.9, adam_beta2=0.999, device="cpu",
         dead_feature_window=shared.dead_window, feature_sampling_window=2000, n_checkpoints=0,
         checkpoint_path=None, save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False, eval_every_n_wandb_logs=2 ** 31 - 1))
-    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=_batches(data.train, shared.batch_size)(0))
+
+
+def _train_saelens(name: str, knob: str, value: float, kwargs: dict, data: Data, shared: Shared, seed: int) -> Run:
+    from sae_lens import SAE
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    sae_cls, cfg_cls = get_sae_training_class(name)
+    torch.manual_seed(seed)
+    sae = sae_cls(cfg_cls(**kwargs))
+    trainer = SAETrainer(cfg=saelens_trainer_config(shared), sae=sae,
+                         data_provider=_batches(data.train, shared.batch_size)(0))
     with _quiet():
         t0 = time.perf_counter()
         trainer.fit()

@@ -193,19 +193,22 @@ def test_saelens_export_reproduces_our_features_and_reconstructions(tmp_path, ar
 
 def test_with_saelens_choices_ours_takes_saelens_trainers_steps():
     """standard_2024 with `pre_encoder_bias` and no input scale is SAELens's `standard` recipe: from
-    the same weights on the same batches, our trainer and SAELens's `SAETrainer` end at the same
-    weights, through the lr warm-up and decay and the gradient clipping. So an MCC gap between the two
-    on known features (benchmarks/ground_truth.py) is the seeds', not the trainers'. The λ warm-up is
-    off here: SAELens applies λ·t/W at step t, ours λ·(t+1)/W, one step ahead."""
+    the same weights on the same batches, our trainer and SAELens's `SAETrainer` (configured as
+    benchmarks/ground_truth.py runs it) end at the same weights, through the lr warm-up and decay and
+    the gradient clipping. So an MCC gap between the two on known features is the seeds', not the
+    trainers'. The λ warm-up is off here: SAELens applies λ·t/W at step t, ours λ·(t+1)/W, one step
+    ahead."""
     pytest.importorskip("sae_lens")
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
 
-    steps, batch, lam, lr = 60, 128, 0.5, 0.01
-    world = SparseWorld(seed=3)
-    rows = world.sample(steps * batch, torch.Generator().manual_seed(0)) * 4.0
-    batches = lambda position: iter(rows[position:].split(batch))  # noqa: E731
+    from benchmarks.ground_truth import Shared, saelens_trainer_config
+
+    lam = 0.5
+    shared = Shared(steps=60, batch_size=128, lr=0.01, lr_warmup_steps=6, lr_decay_steps=12,
+                    coefficient_warmup_steps=0, dead_window=60)
+    rows = SparseWorld(seed=3).sample(shared.steps * shared.batch_size, torch.Generator().manual_seed(0)) * 4.0
+    batches = lambda position: iter(rows[position:].split(shared.batch_size))  # noqa: E731
     torch.manual_seed(0)
     sae_cls, cfg_cls = get_sae_training_class("standard")
     theirs = sae_cls(cfg_cls(d_in=D_IN, d_sae=64, dtype="float32", device="cpu", decoder_init_norm=0.1,
@@ -215,21 +218,18 @@ def test_with_saelens_choices_ours_takes_saelens_trainers_steps():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(ours, name).copy_(getattr(theirs, name))
     start = copy.deepcopy(ours.state_dict())
-    SAETrainer(cfg=SAETrainerConfig(
-        total_training_samples=steps * batch, train_batch_size_samples=batch, lr=lr, lr_end=lr,
-        lr_scheduler_name="constant", lr_warm_up_steps=6, lr_decay_steps=12, adam_beta1=0.9, adam_beta2=0.999,
-        device="cpu", dead_feature_window=steps, feature_sampling_window=steps, n_checkpoints=0,
-        checkpoint_path=None, save_final_checkpoint=False,
-        logger=LoggingConfig(log_to_wandb=False)), sae=theirs, data_provider=batches(0)).fit()
+    SAETrainer(cfg=saelens_trainer_config(shared), sae=theirs, data_provider=batches(0)).fit()
     train_sae(ours, batches, lambda n, g: rows[:n], TrainConfig(
-        steps=steps, lr=lr, batch_size=batch, lr_warmup_steps=6, lr_decay_steps=12, l1_warmup_steps=0,
-        dead_window=steps, log_every=steps, checkpoint_every=10 ** 9))
+        steps=shared.steps, lr=shared.lr, batch_size=shared.batch_size, lr_warmup_steps=shared.lr_warmup_steps,
+        lr_decay_steps=shared.lr_decay_steps, l1_warmup_steps=shared.coefficient_warmup_steps,
+        dead_window=shared.dead_window, log_every=shared.steps, checkpoint_every=10 ** 9))
     for name, before in start.items():
         if name == "input_scale":
             continue
         after = getattr(ours, name).detach()
         assert (after - before).norm() > 0.1 * before.norm().clamp_min(0.1), name  # both moved a long way
         torch.testing.assert_close(after, getattr(theirs, name).detach(), rtol=1e-4, atol=1e-5, msg=name)
+
 
 class Killed(Exception):
     pass
