@@ -351,10 +351,13 @@ def _is_storage_error(e: BaseException) -> bool:
 
 
 def _denied(e: BaseException) -> bool:
-    text = f"{type(e).__name__} {e}"
-    return isinstance(e, PermissionError) or bool(re.search(
+    """Matched on the error's words, never its URLs, keys or ports: neither :34033 nor c/403/0 is a 403."""
+    if isinstance(e, PermissionError):
+        return True
+    text = " ".join(w for w in f"{type(e).__name__} {e}".split() if "/" not in w and not re.search(r":\d", w))
+    return bool(re.search(
         r"AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoCredentials|Unable to locate credentials|"
-        r"InvalidToken|ExpiredToken|Forbidden|403", text))
+        r"InvalidToken|ExpiredToken|Forbidden|\b403\b", text))
 
 
 def location(value: str | Path) -> Location:
