@@ -407,3 +407,25 @@ def test_baseline_scores_do_not_depend_on_window_order():
     assert spearman(shuffled, acts[order]) == pytest.approx(spearman(sim, acts))
     [plain, permuted] = base.detect_all([(explanation, tokens, before), (explanation, tokens[order], before[order])])
     np.testing.assert_array_equal(permuted[1], plain[1][order])
+
+
+def test_a_neuron_gets_the_same_examples_and_scores_whichever_dictionary():
+    """Each unit's random draws are its own: the neurons beside a 12-feature L1 dictionary and a 40-feature
+    TopK one get the same windows, explanations and scores, so every dictionary's features-vs-neurons
+    comparison has one baseline (and an LLM answers the second dictionary's neurons from its cache)."""
+    from monosemantic.interpret import interpret_dictionary
+    from monosemantic.sae.standard import Standard
+    from monosemantic.sae.topk import TopK
+
+    tokens, acts, model, ctx, d = _toy_run(seed=2)
+    p = _params(features=4, min_contexts=2, split_block_contexts=2)
+    runs = [interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB, {}, Baseline(VOCAB), p)
+            for sae in (Standard(d, 12), TopK(d, 40, k=3))]
+    neurons = [(r.features.filter(pl.col("kind") == "neuron"), r.examples.filter(pl.col("kind") == "neuron"))
+               for r in runs]
+    assert neurons[0][0]["interpreted"].sum() == d and neurons[0][1].height > 10 * d
+    for a, b in zip(*neurons):
+        assert a.equals(b, null_equal=True)
+    assert runs[0].metrics["neurons"] == runs[1].metrics["neurons"]
+    features = [r.features.filter(pl.col("kind") == "feature") for r in runs]
+    assert features[0].height == 12 and features[1].height == 40

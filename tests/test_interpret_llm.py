@@ -189,6 +189,41 @@ def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat
     assert again.client.calls == 0
 
 
+def test_a_second_dictionary_pays_only_for_its_features(chat, tmp_path):
+    """The neurons are the same units beside every dictionary: after one dictionary, another of a different
+    size sends exactly the requests its features alone send, and its neuron rows are the first one's."""
+    from monosemantic.interpret import interpret_dictionary
+    from monosemantic.model import Transformer, TransformerConfig
+    from monosemantic.params import InterpretParams
+    from monosemantic.sae.standard import Standard
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(1)
+    strings = [f"w{i}" for i in range(30)] + ["<|endoftext|>"]
+    n_ctx, ctx, d = 60, 16, 5
+    tokens = rng.integers(0, 30, n_ctx * ctx).astype(np.int32)
+    tokens[rng.random(len(tokens)) < 0.03] = 30
+    acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
+    model = Transformer(TransformerConfig(vocab_size=len(strings), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
+    p = InterpretParams(batch_tokens=256, top_examples=3, intervals=3, interval_examples=1, random_examples=2,
+                        top_tokens=1, token_contexts=1, window_before=3, window_after=2, histogram_bins=5,
+                        min_contexts=2, features=3, split_block_contexts=2)
+
+    def run(sae, cache, **kw):
+        backend = LLMBackend(client(chat, tmp_path / cache), strings)
+        r = interpret_dictionary(acts, 0, tokens, ctx, sae, model, strings, {}, backend, p.model_copy(update=kw))
+        return r, backend.client.calls
+
+    first, _ = run(Standard(d, 8), "shared")
+    second = Standard(d, 20)
+    _, features_only = run(second, "alone", neurons=False)
+    again, calls = run(second, "shared")
+    assert 0 < features_only == calls
+    neurons = [r.features.filter(pl.col("kind") == "neuron") for r in (first, again)]
+    assert neurons[0]["score_pearson"].null_count() == 0 and neurons[0].equals(neurons[1], null_equal=True)
+
+
 def test_a_timeout_is_retried(chat, tmp_path):
     chat.script = ["sleep"]
     c = client(chat, tmp_path, timeout_s=0.5)

@@ -56,6 +56,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     n_feat, d = sae.d_sae, sae.d_in
     kinds = np.array(["feature"] * n_feat + ["neuron"] * (d if p.neurons else 0))
     index = np.concatenate([np.arange(n_feat), np.arange(d if p.neurons else 0)])
+    keys = 2 * index + (kinds == "neuron")  # seeds each unit's draws: a neuron's are the same for every dictionary
     rng = np.random.default_rng(p.seed)
 
     sae = sae.to(compute.device)  # nn.Module.to: in place
@@ -91,7 +92,7 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
     if keep is not None:  # a left-out token is no proxy positive either, as scan counts them (choose's F1 too)
         labels &= np.asarray(keep[: len(labels)], dtype=bool)[:, None]
     sides, n_docs = context_sides(tokens, ctx, _separator(separator, strings), p)
-    s = scan(acts, first_row, tokens, ctx, sides, encode, len(kinds), choose, labels, p, keep)
+    s = scan(acts, first_row, tokens, ctx, sides, encode, len(kinds), choose, labels, p, keep, keys)
     ex, units = s.examples, s.interpreted
     rare = s.active_contexts.min(0) < p.min_contexts  # a named unit may be: it gets examples, not an explanation
     truth10 = quantise(ex.acts, s.max[ex.unit][:, None])
@@ -104,11 +105,10 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
 
     # Explain from the training windows; score on the held-out ones in a seeded random order (in rank
     # order, best first, an LLM simulator could score well from the order alone).
-    shuffle = np.random.default_rng([p.seed, 2])
     jobs, heldout = {}, []
     for i, u in enumerate(units):
         train, test = (ex.unit == u) & (ex.split == 0), (ex.unit == u) & (ex.split == 1)
-        heldout.append(shuffle.permutation(np.flatnonzero(test)))
+        heldout.append(np.random.default_rng([p.seed, 2, keys[u]]).permutation(np.flatnonzero(test)))
         if rare[u]:
             continue
         job = {"name": f"{kinds[u]} {index[u]}", "tokens": ex.tokens[train], "before": ex.before[train],
@@ -133,7 +133,8 @@ def interpret_dictionary(acts, first_row: int, tokens: np.ndarray, ctx: int, sae
         [(explanations[e], ex.tokens[heldout[i]], ex.before[heldout[i]]) for e, i in pairs])))
     simulated = [sims.get((i, i)) for i in range(len(units))]
     control = [sims.get((c, i)) for i, c in enumerate(control_of)]
-    judged = _judge(backend, explanations, ex, heldout, truth10, shuffle)
+    fuzz_rngs = [np.random.default_rng([p.seed, 4, k]) for k in keys[units]]
+    judged = _judge(backend, explanations, ex, heldout, truth10, fuzz_rngs)
 
     rows = {u: {} for u in range(len(kinds))}
     simulated_rows = np.full(ex.acts.shape, np.nan, dtype=np.float32)
@@ -190,13 +191,14 @@ def _separator(separator: int | None, strings: list[str]) -> int:
 
 
 def _judge(backend, explanations: list, ex, heldout: list[np.ndarray], truth10: np.ndarray,
-           rng: np.random.Generator) -> dict[int, dict]:
+           rngs: list[np.random.Generator]) -> dict[int, dict]:
     """Detection on every held-out window of each explained unit and fuzzing on the activating ones, in the
-    windows' shuffled order: each unit's score columns, and what failed."""
+    windows' shuffled order (fuzzing's draws from each unit's own `rngs`): each unit's score columns, and
+    what failed."""
     judged = [i for i, e in enumerate(explanations) if isinstance(e, Explanation)]
     detections = dict(zip(judged, backend.detect_all(
         [(explanations[i], ex.tokens[heldout[i]], ex.before[heldout[i]]) for i in judged])))
-    fuzz = {i: _fuzz_set(truth10[heldout[i]], rng) for i in judged}
+    fuzz = {i: _fuzz_set(truth10[heldout[i]], rngs[i]) for i in judged}
     shown = {i: heldout[i][rows] for i, (rows, _, _) in fuzz.items() if len(rows)}
     fuzzes = dict(zip(shown, backend.fuzz_all(
         [(explanations[i], ex.tokens[w], ex.before[w], fuzz[i][1]) for i, w in shown.items()])))

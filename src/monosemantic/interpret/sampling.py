@@ -101,12 +101,14 @@ def context_sides(tokens: np.ndarray, ctx: int, separator: int, p: InterpretPara
 def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
          encode: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], n_units: int,
          choose: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray], labels: np.ndarray,
-         p: InterpretParams, keep: np.ndarray | None = None) -> Scan:
+         p: InterpretParams, keep: np.ndarray | None = None, keys: np.ndarray | None = None) -> Scan:
     """`tokens` (whole contexts) and their activations ``acts[first_row:]`` (zarr or numpy); `sides` each
     context's side (context_sides); `encode(x, units)` maps a float32 batch of rows to the activations of
     `units` (None: all ``n_units``); `choose(active_contexts, fired_tokens, true_positives)` picks the units to
     sample examples for, from pass 1's counts; `labels` are the proxy labels of every token; `keep` which
-    tokens count (None: all)."""
+    tokens count (None: all); `keys` each unit's identity (None: its number), which seeds its own random
+    draws, so a unit gets the same examples whichever units it is scanned with (a neuron, whichever
+    dictionary: identical LLM requests, answered from the cache)."""
     n_ctx = len(tokens) // ctx
     if n_ctx == 0:
         raise ValueError("no complete context to scan")
@@ -140,7 +142,8 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
 
     peak_np, active_np = peak.numpy(), active.numpy()
     units = np.asarray(choose(active_np, count.numpy(), true_pos.numpy()), dtype=np.int64)
-    fixed, used = _fixed_examples(units, best, peak_np, tokens, ctx, sides, p, keep)
+    unit_keys = units if keys is None else np.asarray(keys, dtype=np.int64)[units]
+    fixed, used = _fixed_examples(units, unit_keys, best, peak_np, tokens, ctx, sides, p, keep)
     width = min(p.window_before + p.window_after + 1, ctx)
     fixed_start = np.clip(fixed["pos"] - p.window_before, 0, ctx - width)
     fixed_win = fixed["context"][:, None] * ctx + fixed_start[:, None] + np.arange(width)
@@ -153,7 +156,7 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
     offsets = torch.arange(len(units)) * bins
     fixed_acts = np.zeros(fixed_win.shape, dtype=np.float32)
     order = np.argsort(fixed["context"], kind="stable")
-    intervals = _Intervals(p, peak[sel], used, width, ctx)
+    intervals = _Intervals(p, peak[sel], used, width, ctx, unit_keys)
     for c0, a in _batches(acts, first_row, n_ctx, ctx, batch, lambda x: encode(x, sel), "pass 2/2", absent):
         r0, c1 = c0 * ctx, c0 + len(a) // ctx
         nz = a > 0
@@ -214,7 +217,8 @@ class _Intervals:
     """Per chosen unit, side and activation interval, the activating contexts with the smallest random
     keys (a uniform sample) and the unit's window around each one's maximum."""
 
-    def __init__(self, p: InterpretParams, peak: torch.Tensor, used: torch.Tensor, width: int, ctx: int):
+    def __init__(self, p: InterpretParams, peak: torch.Tensor, used: torch.Tensor, width: int, ctx: int,
+                 keys: np.ndarray):
         self.n, self.k, self.before = p.intervals, p.interval_examples, p.window_before
         self.ctx, self.width = ctx, width
         self.step = peak.clamp_min(1e-12) / p.intervals
@@ -224,7 +228,7 @@ class _Intervals:
         self.context = torch.full((self.k, slots, n_units), -1, dtype=torch.long)
         self.pos = torch.zeros(self.k, slots, n_units, dtype=torch.long)
         self.acts = torch.zeros(self.k, slots, n_units, width)
-        self.gen = torch.Generator().manual_seed(p.seed)
+        self.seed, self.keys = p.seed, keys
 
     def add(self, a: torch.Tensor, c0: int, side: torch.Tensor) -> None:
         """`a` [contexts, ctx, units]: the chosen units' activations on contexts c0, c0 + 1, ... of sides `side`."""
@@ -237,7 +241,8 @@ class _Intervals:
         ok = (cmax > 0) & (side >= 0)[:, None] & ~shown
         slot = side.clamp(min=0)[:, None] * self.n + (torch.ceil(cmax / self.step).long().clamp(1, self.n) - 1)
         key = torch.full((b, self.key.shape[1], n_units), torch.inf)
-        key.scatter_(1, slot[:, None], torch.where(ok, torch.rand(cmax.shape, generator=self.gen), torch.inf)[:, None])
+        draws = torch.from_numpy(uniform(self.seed, ids.numpy(), self.keys))
+        key.scatter_(1, slot[:, None], torch.where(ok, draws, torch.inf)[:, None])
         top = torch.cat([self.key, key]).topk(k, dim=0, largest=False)
         self.key, idx = top.values, top.indices
         kept = idx.clamp(max=k - 1)
@@ -257,6 +262,19 @@ class _Intervals:
         return {k: v.numpy().astype(np.int64) for k, v in rows.items()}, self.acts[j, r, u].numpy()
 
 
+def uniform(seed: int, contexts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """float32 ``[contexts, keys]`` uniform on [0, 1), a function of (seed, context, key) alone: a unit's
+    draw for a context does not depend on which other units or contexts a batch holds. SplitMix64's
+    finaliser over the three (numpy's generators draw streams, not values at given coordinates)."""
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + contexts.astype(np.uint64)[:, None]
+             * np.uint64(0xD1B54A32D192ED03) + keys.astype(np.uint64)[None, :] * np.uint64(0xAEF17502108EF2D9))
+        for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            z = (z ^ (z >> np.uint64(shift))) * np.uint64(mult)
+        z ^= z >> np.uint64(31)
+    return ((z >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24))
+
+
 def _batches(acts, first_row: int, n_ctx: int, ctx: int, batch: int, encode, label: str, absent: torch.Tensor):
     """The encoded activations of each batch of contexts, zero at the `absent` tokens (left out by the cache)."""
     t0, last = time.perf_counter(), 0.0
@@ -272,7 +290,7 @@ def _batches(acts, first_row: int, n_ctx: int, ctx: int, batch: int, encode, lab
                 print(f"interpret {label}: {c1 * ctx:,}/{n_ctx * ctx:,} tokens ({rate:,.0f} tokens/s)", flush=True)
 
 
-def _fixed_examples(units, best, peak, tokens, ctx, sides, p, keep) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+def _fixed_examples(units, keys, best, peak, tokens, ctx, sides, p, keep) -> tuple[dict[str, np.ndarray], torch.Tensor]:
     """The examples chosen before pass 2, as (context, position) each window centres on: the top contexts,
     random contexts, and the unit's top tokens in other contexts (at kept positions), on each side; and the
     contexts each unit shows per side, ``[2, m, units]`` padded with -1, which the interval samples leave out."""
@@ -299,7 +317,8 @@ def _fixed_examples(units, best, peak, tokens, ctx, sides, p, keep) -> tuple[dic
     token_side = np.repeat(sides, ctx)
 
     shown = []
-    for i, u in enumerate(units):
+    for i, (u, key) in enumerate(zip(units, keys)):
+        own = np.random.default_rng([p.seed, 3, key])
         width = peak[u] / p.intervals
         used = []
         for s in range(2):
@@ -319,7 +338,7 @@ def _fixed_examples(units, best, peak, tokens, ctx, sides, p, keep) -> tuple[dic
             for s in range(2):
                 w = where[(token_side[where] == s) & keep[where]]
                 w = w[~np.isin(w // ctx, used[s])]
-                picked = np.sort(rng.choice(w, size=min(p.token_contexts, len(w)), replace=False))
+                picked = np.sort(own.choice(w, size=min(p.token_contexts, len(w)), replace=False))
                 emit(i, s, GROUPS.index("token"), 0, picked // ctx, picked % ctx)
                 used[s] += (picked // ctx).tolist()
         shown.append(used)
