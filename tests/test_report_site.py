@@ -22,7 +22,7 @@ from monosemantic.report import svg, tokens
 from monosemantic.report.lineage import lineage
 from monosemantic.report.site import PAGES, build_site
 from monosemantic.report.summary import row, summary_markdown
-from monosemantic.report.units import Nearest, page_path
+from monosemantic.report.units import NEURONS, Nearest, page_path
 from stages.report import read_dictionaries, read_frontier
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -77,10 +77,12 @@ def _lineage_records(root: Path, names: list[str]) -> None:
                json.dumps(_record(f"train_sae@{name}", {"activations": ("data/activations.zarr", "acts.dir")}, f"run-sae-{name}")))
 
 
-def _units(rng, size: int, n_neurons: int, n_features: int, first: bool) -> pl.DataFrame:
-    """features.parquet: every feature and neuron; `n_features` random features, feature 0 and every neuron interpreted."""
+def _units(rng, size: int, n_neurons: int, n_features: int, first: bool, neuron_seed: int) -> pl.DataFrame:
+    """features.parquet: every feature and neuron; `n_features` random features, feature 0 and every neuron
+    interpreted; the neurons' rows drawn from `neuron_seed` (as interpret, the same beside every dictionary)."""
     rows = []
     for kind, n, n_interp in (("feature", size, n_features), ("neuron", n_neurons, n_neurons)):
+        rng = rng if kind == "feature" else np.random.default_rng(neuron_seed)
         order = rng.permutation(n)
         sample = set(order[:n_interp].tolist())
         chosen = sample | ({0} if kind == "feature" else set())  # 0: a split family, and base64's best
@@ -115,7 +117,7 @@ def _units(rng, size: int, n_neurons: int, n_features: int, first: bool) -> pl.D
     return pl.DataFrame(rows, schema=UNITS)
 
 
-def _examples(rng, units: pl.DataFrame, shape: dict, first: bool) -> pl.DataFrame:
+def _examples(rng, units: pl.DataFrame, shape: dict, first: bool, neuron_seed: int) -> pl.DataFrame:
     """examples.parquet, shaped as interpret samples them: per split the top examples, a few per
     activation interval and random contexts; then the top tokens in other contexts (train only)."""
     n_int, window, center = shape["intervals"], shape["before"] + shape["after"] + 1, shape["before"]
@@ -126,6 +128,7 @@ def _examples(rng, units: pl.DataFrame, shape: dict, first: bool) -> pl.DataFram
     cols: dict[str, list] = {k: [] for k in EXAMPLES}
     interp = units.filter(pl.col("interpreted"))
     for kind, index, max_act in zip(interp["kind"], interp["index"], interp["max_activation"]):
+        rng = rng if kind == "feature" else np.random.default_rng([neuron_seed, index])
         toks = rng.integers(0, len(VOCAB) - len(XSS), (n_rows, window))
         active = shape["active"][kind]
         acts = np.where(rng.random((n_rows, window)) < active, rng.uniform(0, max_act, (n_rows, window)), 0.0)
@@ -164,8 +167,9 @@ FRONTIER_KEYS = ("l0", "mse", "fvu", "loss_recovered", "loss_recovered_mean_abla
 
 
 def make_workspace(root: Path, archs=ARCHS, sizes=SIZES, interpreted=INTERPRETED, n_neurons=8, n_features=6,
-                   shape=SMALL, seed=0) -> Path:
-    """A workspace as the pipeline leaves it; dictionaries not in `interpreted` have metrics only."""
+                   shape=SMALL, seed=0, other_neurons=()) -> Path:
+    """A workspace as the pipeline leaves it; dictionaries not in `interpreted` have metrics only, and those in
+    `other_neurons` neurons unlike the rest's (interpret gives every dictionary the same ones)."""
     rng = np.random.default_rng(seed)
     _lineage_records(root, [dictionary_name(a, s) for a in archs for s in sizes])
     for a, arch in enumerate(archs):
@@ -185,7 +189,8 @@ def make_workspace(root: Path, archs=ARCHS, sizes=SIZES, interpreted=INTERPRETED
             pl.DataFrame({"log10_density": centers, "features": rng.integers(0, size // 4 + 1, 20)}).write_csv(
                 _mkdir(root / "plots/density") / f"{name}.csv")
             if name in interpreted:
-                _interpretation(root, rng, name, size, n_neurons, n_features, shape, first=name == interpreted[0])
+                _interpretation(root, rng, name, size, n_neurons, n_features, shape, first=name == interpreted[0],
+                                neuron_seed=seed + 1000 + (name in other_neurons))
         pl.DataFrame(frontier).write_csv(_mkdir(root / "plots/frontier") / f"{arch}.csv")
     schema = {"architecture": pl.Utf8, "dict_size": pl.Int32, "feature": pl.Int32, "other_size": pl.Int32,
               "nearest": pl.Int32, "cosine": pl.Float32}
@@ -204,12 +209,12 @@ def make_workspace(root: Path, archs=ARCHS, sizes=SIZES, interpreted=INTERPRETED
 
 
 def _interpretation(root: Path, rng, name: str, size: int, n_neurons: int, n_features: int, shape: dict,
-                    first: bool) -> None:
+                    first: bool, neuron_seed: int) -> None:
     """interpret@<name>'s outputs: reports/features/<name>/ and metrics/sae/<name>/interp.json."""
     out = _mkdir(root / f"reports/features/{name}")
-    units = _units(rng, size, n_neurons, n_features, first)
+    units = _units(rng, size, n_neurons, n_features, first, neuron_seed)
     units.write_parquet(out / "features.parquet")
-    _examples(rng, units, shape, first).write_parquet(out / "examples.parquet")
+    _examples(rng, units, shape, first, neuron_seed).write_parquet(out / "examples.parquet")
     interp = units.filter(pl.col("interpreted"))
     pl.DataFrame({"kind": [k for k in interp["kind"] for _ in range(2)],
                   "index": [i for i in interp["index"] for _ in range(2)],
@@ -445,8 +450,10 @@ def test_untrusted_text_renders_as_text(site, browser, tmp_path):
 
 def test_neuron_pages_match_feature_pages(site, browser, tmp_path):
     w = Watched(browser)
-    page = w.open(next((site / PAGES / "topk-32").glob("neuron-*.html")))
-    assert page.locator("h1").inner_text().startswith("Neuron") and "topk-32" in page.locator("h1").inner_text()
+    page = w.open(next((site / PAGES / NEURONS).glob("neuron-*.html")))
+    h1 = page.locator("h1").inner_text()
+    assert h1.startswith("Neuron") and "interpreted beside standard-16, standard-32, topk-32" in h1
+    assert page.locator(".crumbs a").count() == 4               # all units, and each dictionary it was beside
     assert page.locator("svg.chart .bars rect").count() == 30 and page.locator(".ex i[title]").count() > 10
     assert page.locator(".ex-list").count() >= 4                # top, intervals, random, token groups
     page.screenshot(path=tmp_path / "neuron.png", full_page=True)
@@ -460,10 +467,30 @@ def test_dictionaries_without_interpretation_get_metrics_and_say_so(site):
     assert 'id="dict-standard-64"' in html and 'id="dict-topk-16"' in html and "more than 0.1 of tokens" in html
     assert "No interpretation outputs for this dictionary yet" in html and "interpret@topk-64" in html
     assert "</script><b>" not in html and "<script>window.pwned" not in html  # escaped in the JSON too
-    assert sorted(p.name for p in (site / PAGES).iterdir()) == ["assets", "provenance.json", *sorted(INTERPRETED)]
-    for name in INTERPRETED:
-        interpreted = pl.read_parquet(site / f"features/{name}/features.parquet").filter(pl.col("interpreted")).height
-        assert len(list((site / PAGES / name).glob("*.html"))) == interpreted
+    assert sorted(p.name for p in (site / PAGES).iterdir()) == sorted(["assets", "provenance.json", NEURONS,
+                                                                        *INTERPRETED])
+    for name in INTERPRETED:  # its features' pages; the neurons', shared, once
+        units = pl.read_parquet(site / f"features/{name}/features.parquet").filter(pl.col("interpreted"))
+        assert len(list((site / PAGES / name).glob("*.html"))) == units.filter(pl.col("kind") == "feature").height
+        assert len(list((site / PAGES / NEURONS).glob("*.html"))) == units.filter(pl.col("kind") == "neuron").height
+
+
+def test_dictionaries_share_the_neuron_pages_only_where_their_neurons_are_the_same(tmp_path):
+    """Neurons interpreted otherwise beside one dictionary (LLM replies not all from one cache) keep their own
+    pages there, and the index links each dictionary's neurons to the pages that show them."""
+    root = make_workspace(tmp_path, other_neurons=("standard-32",))
+    stats = build(root)
+    pages = root / "reports" / PAGES
+    own = sorted(p.name for p in (pages / "standard-32").glob("neuron-*.html"))
+    assert own and own == sorted(p.name for p in (pages / NEURONS).glob("*.html"))
+    assert not list((pages / "standard-16").glob("neuron-*")) and not list((pages / "topk-32").glob("neuron-*"))
+    html = (pages / NEURONS / own[0]).read_text()
+    assert "interpreted beside standard-16, topk-32" in html and "standard-32" not in html
+    assert "interpreted beside standard-32</small>" in (pages / "standard-32" / own[0]).read_text()
+    assert not broken_links(root / "reports")
+    index = (root / "reports/index.html").read_text()
+    assert f'"standard-32/{own[0]}"' in index and f'"{NEURONS}/{own[0]}"' in index
+    assert stats["pages"] == sum(1 for p in pages.rglob("*.html"))
 
 
 def test_every_link_of_the_site_resolves(site, tmp_path):

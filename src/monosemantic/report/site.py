@@ -32,7 +32,7 @@ from monosemantic.provenance import PROVENANCE_FILE, atomic_output, write_json
 from monosemantic.report import svg
 from monosemantic.report.summary import (COLUMNS, best_proxies, cell, compare_architectures, frontier_cell,
                                          interp_columns, row, scored)
-from monosemantic.report.units import Interpretation, Nearest, number, page_path
+from monosemantic.report.units import Interpretation, Nearest, number, page_path, share_neurons
 
 PAGES = "pages"
 ASSETS = ("site.css", "site.js", "unit.js")
@@ -86,6 +86,7 @@ def build_site(out: Path, dictionaries: list[Dictionary], frontier: dict[str, li
     dictionaries = sorted(dictionaries, key=lambda d: (order.index(d.architecture), d.size))
     interpreted = {d.name: Interpretation(d.architecture, d.size, d.features) for d in dictionaries
                    if d.features is not None and (d.features / "features.parquet").exists()}
+    share_neurons(list(interpreted.values()))
     pages = {name: data.pages for name, data in interpreted.items()}
     links = Nearest(nearest)
     built = {"at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "record": provenance or {}}
@@ -96,11 +97,12 @@ def build_site(out: Path, dictionaries: list[Dictionary], frontier: dict[str, li
             (tmp / "assets" / name).write_bytes(resources.files(__package__).joinpath("assets", name).read_bytes())
         page, examples = env.get_template("unit.html"), env.get_template("examples.html")
         for name, data in interpreted.items():
-            (tmp / name).mkdir()
             units = data.pages_context(links, pages)
-            for unit in tqdm(units, total=len(data.pages), desc=f"report: pages of {name}", leave=False):
+            total = sum(kind == "feature" or data.writes_neurons for kind, _ in data.pages)
+            for unit in tqdm(units, total=total, desc=f"report: pages of {name}", leave=False):
                 packed = _pack(examples.render(groups=unit["groups"]))
                 html = page.render(unit=unit, examples=packed, root="../", home="../../index.html")
+                (tmp / unit["path"]).parent.mkdir(exist_ok=True)
                 (tmp / unit["path"]).write_text(html)
                 n_pages += 1
         if provenance:

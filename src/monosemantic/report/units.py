@@ -4,6 +4,9 @@
 features.parquet (one row per unit), examples.parquet (the example windows of interpreted units)
 and proxies.parquet (one row per unit and proxy). They are read once per dictionary and handed to
 the templates as plain dicts; any file may be missing.
+
+Interpret seeds each unit's draws by the unit, so the subject model's neurons come out the same
+beside every dictionary: those dictionaries share one page per neuron, in `pages/neurons/`.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ GROUP_ORDER = {"top": 0, "interval": 1, "random": 2, "token": 3}
 _REASONS = {"sample": "the random sample", "splitting": "a splitting family"}  # and proxy:<name>
 Key = tuple[str, int]                # (kind, index) of a unit
 Loc = tuple[str, int, int]           # (architecture, size, feature) of a feature
+NEURONS = "neurons"                  # the pages folder of the neurons the dictionaries share
 
 
-def page_path(name: str, kind: str, index: int) -> str:
-    """Where a unit's page lives, relative to the pages folder (`name`: the dictionary's)."""
-    return f"{name}/{kind}-{index}.html"
+def page_path(folder: str, kind: str, index: int) -> str:
+    """Where a unit's page lives, relative to the pages folder (`folder`: the dictionary's name, or NEURONS)."""
+    return f"{folder}/{kind}-{index}.html"
 
 
 def number(v: Any) -> float | None:
@@ -40,17 +44,28 @@ class Interpretation:
     def __init__(self, architecture: str, size: int, folder: Path):
         self.architecture, self.size, self.name = architecture, size, dictionary_name(architecture, size)
         self.units = pl.read_parquet(folder / "features.parquet")
+        self.tables = [self.units] + [pl.read_parquet(folder / f) if (folder / f).exists() else None
+                                      for f in ("examples.parquet", "proxies.parquet")]
         self.examples: dict[Key, list[dict]] = defaultdict(list)
-        if (folder / "examples.parquet").exists():
-            for row in pl.read_parquet(folder / "examples.parquet").iter_rows(named=True):
-                self.examples[(row["kind"], row["index"])].append(row)
+        for row in self.tables[1].iter_rows(named=True) if self.tables[1] is not None else ():
+            self.examples[(row["kind"], row["index"])].append(row)
         self.proxies: dict[Key, list[dict]] = defaultdict(list)
-        if (folder / "proxies.parquet").exists():
-            table = pl.read_parquet(folder / "proxies.parquet").sort("f1", descending=True, nulls_last=True)
-            for row in table.iter_rows(named=True):
+        if self.tables[2] is not None:
+            for row in self.tables[2].sort("f1", descending=True, nulls_last=True).iter_rows(named=True):
                 self.proxies[(row["kind"], row["index"])].append(row)
         interpreted = self.units.filter(pl.col("interpreted"))
         self.pages = {(k, i) for k, i in zip(interpreted["kind"], interpreted["index"])}
+        self.folder = {"feature": self.name, "neuron": self.name}  # of its pages; share_neurons moves the neurons'
+        self.beside = [self.name]   # the dictionaries whose neuron pages these are
+        self.writes_neurons = True  # False where another dictionary writes the shared pages
+
+    def same_neurons(self, other: Interpretation) -> bool:
+        """Whether every neuron's row, examples and proxies equal `other`'s: then one page shows both."""
+        def neurons(t: pl.DataFrame | None) -> pl.DataFrame | None:
+            return None if t is None else t.filter(pl.col("kind") == "neuron")
+        pairs = [(neurons(a), neurons(b)) for a, b in zip(self.tables, other.tables)]
+        return all(a is None and b is None or a is not None and b is not None and a.equals(b, null_equal=True)
+                   for a, b in pairs)
 
     def scores(self, kind: str) -> list[float]:
         """The random sample's scores (as interp.json's means): the named units were picked for being good at something."""
@@ -67,24 +82,28 @@ class Interpretation:
         `order`: the dictionary's place on the site (the table sorts dictionaries by it)."""
         u = self.units
         return [[order, self.name, kind, index, _round(d), _round(m), _round(s), _round(c), expl, err, proxy,
-                 _round(f1), page_path(self.name, kind, index) if interp else None]
+                 _round(f1), page_path(self.folder[kind], kind, index) if interp else None]
                 for kind, index, d, m, s, c, expl, err, proxy, f1, interp in zip(
                     u["kind"], u["index"], u["density"], u["max_activation"], u["score_pearson"], u["control_pearson"],
                     u["explanation"], u["explanation_error"], u["best_proxy"], u["best_proxy_f1"], u["interpreted"])]
 
     def pages_context(self, nearest: Nearest, pages: dict[str, set[Key]]) -> Iterator[dict[str, Any]]:
-        """One template context per interpreted unit, made as its page is written (they are large);
-        `pages`: which units have a page, per dictionary name."""
+        """One template context per page it writes (every interpreted unit but the shared neurons another
+        dictionary writes), made as its page is written (they are large); `pages`: which units have a page,
+        per dictionary name."""
         for row in self.units.filter(pl.col("interpreted")).iter_rows(named=True):
             key = (row["kind"], row["index"])
+            if row["kind"] == "neuron" and not self.writes_neurons:
+                continue
             yield {**row, "name": self.name, "architecture": self.architecture, "size": self.size,
+                   "beside": self.beside,
                    "chosen_for": [_REASONS.get(w, w.replace("proxy:", "best for proxy ")) for w in row["chosen_for"]],
-                   "path": page_path(self.name, *key),
+                   "path": page_path(self.folder[row["kind"]], *key),
                    "histogram": _histogram(row), "groups": self._groups(key, row["max_activation"]),
                    "boost": _logits(row["logit_boost_tokens"], row["logit_boost_values"]),
                    "suppress": _logits(row["logit_suppress_tokens"], row["logit_suppress_values"]),
                    "proxies": self.proxies.get(key, []),
-                   "control_path": _control_path(self.name, row, pages),
+                   "control_path": _control_path(self.name, self.folder[row["kind"]], row, pages),
                    "nearest": nearest.around(self.architecture, self.size, row["index"], pages)
                    if row["kind"] == "feature" else []}
 
@@ -164,10 +183,19 @@ def _logits(toks: list[str] | None, values: list[float] | None) -> list[tuple[An
     return [(tokens.token_text(t), v) for t, v in zip(toks or [], values or [])]
 
 
-def _control_path(name: str, row: dict[str, Any], pages: dict[str, set[Key]]) -> str | None:
+def _control_path(name: str, folder: str, row: dict[str, Any], pages: dict[str, set[Key]]) -> str | None:
     other = row.get("control_of")
     has = other is not None and (row["kind"], other) in pages.get(name, set())
-    return page_path(name, row["kind"], other) if has else None
+    return page_path(folder, row["kind"], other) if has else None
+
+
+def share_neurons(interpretations: list[Interpretation]) -> None:
+    """The dictionaries whose neurons equal the first's (the first with neuron pages) share its neuron pages,
+    in NEURONS, which it writes; one whose neurons differ (LLM replies not all from one cache) keeps its own."""
+    have = [d for d in interpretations if any(kind == "neuron" for kind, _ in d.pages)]
+    group = [d for d in have if d is have[0] or d.same_neurons(have[0])]
+    for d in group:
+        d.folder["neuron"], d.beside, d.writes_neurons = NEURONS, [g.name for g in group], d is have[0]
 
 
 def _round(v: Any) -> float | None:
