@@ -142,15 +142,11 @@ def test_detection_and_fuzzing_ask_for_one_answer_per_excerpt(chat, tmp_path):
     assert isinstance(failed, str) and "malformed reply" in failed
 
 
-def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat, tmp_path):
-    """Ranked best first, a simulator could score from the order alone; shuffled, the top window is first
-    no more often than chance and position does not follow activation."""
-    from scipy import stats
-
-    from monosemantic.interpret import interpret_dictionary
+def _subject():
+    """Sparse random activations of 6 neurons over 80 contexts with separators, a small model of that width,
+    and interpret params small enough for a few requests per unit."""
     from monosemantic.model import Transformer, TransformerConfig
     from monosemantic.params import InterpretParams
-    from monosemantic.sae.standard import Standard
 
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
@@ -164,6 +160,18 @@ def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat
     p = InterpretParams(batch_tokens=256, top_examples=4, intervals=3, interval_examples=1, random_examples=3,
                         top_tokens=1, token_contexts=1, window_before=3, window_after=2, histogram_bins=5,
                         min_contexts=2, features=3, split_block_contexts=2)
+    return acts, tokens, ctx, d, model, strings, p
+
+
+def test_held_out_windows_reach_the_llm_in_an_order_unrelated_to_activation(chat, tmp_path):
+    """Ranked best first, a simulator could score from the order alone; shuffled, the top window is first
+    no more often than chance and position does not follow activation."""
+    from scipy import stats
+
+    from monosemantic.interpret import interpret_dictionary
+    from monosemantic.sae.standard import Standard
+
+    acts, tokens, ctx, d, model, strings, p = _subject()
     sae = Standard(d, 8)
     r = interpret_dictionary(acts, 0, tokens, ctx, sae, model, strings, {},
                              LLMBackend(client(chat, tmp_path), strings), p)
@@ -193,22 +201,9 @@ def test_a_second_dictionary_pays_only_for_its_features(chat, tmp_path):
     """The neurons are the same units beside every dictionary: after one dictionary, another of a different
     size sends exactly the requests its features alone send, and its neuron rows are the first one's."""
     from monosemantic.interpret import interpret_dictionary
-    from monosemantic.model import Transformer, TransformerConfig
-    from monosemantic.params import InterpretParams
     from monosemantic.sae.standard import Standard
 
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(1)
-    strings = [f"w{i}" for i in range(30)] + ["<|endoftext|>"]
-    n_ctx, ctx, d = 60, 16, 5
-    tokens = rng.integers(0, 30, n_ctx * ctx).astype(np.int32)
-    tokens[rng.random(len(tokens)) < 0.03] = 30
-    acts = (rng.random((n_ctx * ctx, d)) * (rng.random((n_ctx * ctx, d)) < 0.3)).astype(np.float16)
-    model = Transformer(TransformerConfig(vocab_size=len(strings), ctx=ctx, d_model=16, n_heads=2, d_mlp=d)).eval()
-    p = InterpretParams(batch_tokens=256, top_examples=3, intervals=3, interval_examples=1, random_examples=2,
-                        top_tokens=1, token_contexts=1, window_before=3, window_after=2, histogram_bins=5,
-                        min_contexts=2, features=3, split_block_contexts=2)
+    acts, tokens, ctx, d, model, strings, p = _subject()
 
     def run(sae, cache, **kw):
         backend = LLMBackend(client(chat, tmp_path / cache), strings)
