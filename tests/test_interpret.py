@@ -429,3 +429,26 @@ def test_a_neuron_gets_the_same_examples_and_scores_whichever_dictionary():
     assert runs[0].metrics["neurons"] == runs[1].metrics["neurons"]
     features = [r.features.filter(pl.col("kind") == "feature") for r in runs]
     assert features[0].height == 12 and features[1].height == 40
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31), c0=st.integers(0, 10**6), n=st.integers(1, 40), keys=st.lists(
+    st.integers(0, 2**40), min_size=1, max_size=30, unique=True))
+def test_interval_draws_depend_on_their_coordinates_alone(seed, c0, n, keys):
+    """A unit's draw for a context is the same whichever contexts and units share its batch."""
+    from monosemantic.interpret.sampling import _uniform
+
+    contexts, keys = np.arange(c0, c0 + n), np.array(keys)
+    full = _uniform(seed, contexts, keys)
+    assert full.dtype == np.float32 and ((full >= 0) & (full < 1)).all()
+    np.testing.assert_array_equal(_uniform(seed, contexts[n // 2 :], keys[::-1]), full[n // 2 :, ::-1])
+
+
+def test_interval_draws_are_uniform_and_unrelated_across_neighbours():
+    from monosemantic.interpret.sampling import _uniform
+
+    u = _uniform(0, np.arange(4000), np.arange(64)).astype(np.float64)
+    assert stats.kstest(u.ravel(), "uniform").pvalue > 1e-3
+    assert abs(np.corrcoef(u[:, :-1].ravel(), u[:, 1:].ravel())[0, 1]) < 0.01    # neighbouring units
+    assert abs(np.corrcoef(u[:-1].ravel(), u[1:].ravel())[0, 1]) < 0.01          # neighbouring contexts
+    assert not np.array_equal(_uniform(1, np.arange(10), np.arange(4)), _uniform(0, np.arange(10), np.arange(4)))

@@ -241,7 +241,7 @@ class _Intervals:
         ok = (cmax > 0) & (side >= 0)[:, None] & ~shown
         slot = side.clamp(min=0)[:, None] * self.n + (torch.ceil(cmax / self.step).long().clamp(1, self.n) - 1)
         key = torch.full((b, self.key.shape[1], n_units), torch.inf)
-        draws = torch.from_numpy(uniform(self.seed, ids.numpy(), self.keys))
+        draws = torch.from_numpy(_uniform(self.seed, ids.numpy(), self.keys))
         key.scatter_(1, slot[:, None], torch.where(ok, draws, torch.inf)[:, None])
         top = torch.cat([self.key, key]).topk(k, dim=0, largest=False)
         self.key, idx = top.values, top.indices
@@ -262,7 +262,7 @@ class _Intervals:
         return {k: v.numpy().astype(np.int64) for k, v in rows.items()}, self.acts[j, r, u].numpy()
 
 
-def uniform(seed: int, contexts: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def _uniform(seed: int, contexts: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """float32 ``[contexts, keys]`` uniform on [0, 1), a function of (seed, context, key) alone: a unit's
     draw for a context does not depend on which other units or contexts a batch holds. SplitMix64's
     finaliser over the three (numpy's generators draw streams, not values at given coordinates)."""
