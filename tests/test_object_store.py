@@ -184,18 +184,23 @@ def test_store_urls_are_checked_and_never_repeated_with_credentials(tmp_path):
 
 @pytest.mark.parametrize("error, fix", [
     ("unreachable", "re-run resumes"), ("missing chunk 403", "bucket exists"), ("403", "credentials were refused"),
-    ("denied", "credentials were refused"), ("no bucket", "bucket exists")])
+    ("denied", "credentials were refused"), ("no bucket", "bucket exists"), ("bucket named 403", "bucket exists"),
+    ("denied in a body", "credentials were refused"), ("403 bytes read", "re-run resumes")])
 def test_a_storage_error_is_told_by_its_kind_never_by_the_numbers_in_its_urls(monkeypatch, error, fix):
-    """Port 34033 and chunk c/403/0 hold "403"; only the server's answer may say the credentials were refused."""
+    """Port 34033, chunk c/403/0 and a bucket monosemantic-403 hold "403"; only the server's answer (its code
+    or status, else its words) may say the credentials were refused."""
     import botocore.exceptions as boto
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:34033")
     key = "acts/c/403/0"
     e = {"unreachable": boto.EndpointConnectionError(endpoint_url=f"http://127.0.0.1:34033/b/acts.zarr/{key}"),
          "missing chunk 403": FileNotFoundError(f"b/acts.zarr/{key}"),
-         "403": boto.ClientError({"Error": {"Code": "403", "Message": "Forbidden"}}, "PutObject"),
+         "403": boto.ClientError({"Error": {"Code": "403", "Message": ""}}, "HeadObject"),  # HEAD: no body
          "denied": PermissionError("Access Denied"),
-         "no bucket": boto.ClientError({"Error": {"Code": "NoSuchBucket", "Message": "gone"}}, "PutObject")}[error]
+         "no bucket": boto.ClientError({"Error": {"Code": "NoSuchBucket", "Message": "gone"}}, "PutObject"),
+         "bucket named 403": OSError("NoSuchBucket: monosemantic-403"),
+         "denied in a body": OSError("<Error><Code>AccessDenied</Code></Error>"),
+         "403 bytes read": OSError("IncompleteRead(403 bytes read, 1021 more expected)")}[error]
     message = storage.location("s3://b/acts.zarr").explain(e, "writing", key)
     assert message.startswith("writing s3://b/acts.zarr/acts/c/403/0 (endpoint http://127.0.0.1:34033)"), message
     assert fix in message, message

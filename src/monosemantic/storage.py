@@ -350,14 +350,23 @@ def _is_storage_error(e: BaseException) -> bool:
                                     "google", "fsspec", "urllib3", "requests"}
 
 
+DENIED = (r"AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoCredentials|Unable to locate credentials|"
+          r"InvalidToken|ExpiredToken|AuthorizationHeaderMalformed|AllAccessDisabled|Forbidden")
+
+
 def _denied(e: BaseException) -> bool:
-    """Matched on the error's words, never its URLs, keys or ports: neither :34033 nor c/403/0 is a 403."""
+    """The server's answer where the error carries it (botocore's code and HTTP status, aiohttp's status);
+    else the message's words with its URLs, keys and ports blanked: neither :34033 nor c/403/0 is a 403."""
     if isinstance(e, PermissionError):
         return True
-    text = " ".join(w for w in f"{type(e).__name__} {e}".split() if "/" not in w and not re.search(r":\d", w))
-    return bool(re.search(
-        r"AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|NoCredentials|Unable to locate credentials|"
-        r"InvalidToken|ExpiredToken|Forbidden|\b403\b", text))
+    answer = getattr(e, "response", None)
+    if isinstance(answer, dict) and ("Error" in answer or "ResponseMetadata" in answer):
+        code, status = answer.get("Error", {}).get("Code"), answer.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return status == 403 or bool(re.fullmatch(DENIED + r"|403", str(code)))
+    if isinstance(getattr(e, "status", None), int):
+        return e.status == 403
+    text = re.sub(r"\S+://\S+|\S*\w/\w\S*|:\d+", " ", f"{type(e).__name__} {e}")
+    return bool(re.search(DENIED + r"|\(403\)|\b403 Forbidden", text))
 
 
 def location(value: str | Path) -> Location:
