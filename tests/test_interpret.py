@@ -412,13 +412,14 @@ def test_baseline_scores_do_not_depend_on_window_order():
 def test_a_neuron_gets_the_same_examples_and_scores_whichever_dictionary():
     """Each unit's random draws are its own: the neurons beside a 12-feature L1 dictionary and a 40-feature
     TopK one get the same windows, explanations and scores, so every dictionary's features-vs-neurons
-    comparison has one baseline (and an LLM answers the second dictionary's neurons from its cache)."""
+    comparison has one baseline (and an LLM answers the second dictionary's neurons from its cache). Batches
+    of 8192 tokens and widths that are no multiple of 32: float32 column sums would round differently."""
     from monosemantic.interpret import interpret_dictionary
     from monosemantic.sae.standard import Standard
     from monosemantic.sae.topk import TopK
 
-    tokens, acts, model, ctx, d = _toy_run(seed=2)
-    p = _params(features=4, min_contexts=2, split_block_contexts=2)
+    tokens, acts, model, ctx, d = _toy_run(seed=2, n_ctx=600, d=32)
+    p = _params(features=4, min_contexts=2, split_block_contexts=2, batch_tokens=8192)
     runs = [interpret_dictionary(acts, 0, tokens, ctx, sae, model, VOCAB, {}, Baseline(VOCAB), p)
             for sae in (Standard(d, 12), TopK(d, 40, k=3))]
     neurons = [(r.features.filter(pl.col("kind") == "neuron"), r.examples.filter(pl.col("kind") == "neuron"))

@@ -58,6 +58,7 @@ def test_unknown_source_kind(tmp_path):
         (lambda r: r["activations"].update(exclude={"norm_factor": "10x"}), "activations.exclude.norm_factor: got '10x'"),
         (lambda r: r["activations"].update(exclude={"median_tokens": 0}), "activations.exclude.median_tokens: got 0"),
         (lambda r: r["activations"].update(exclude={"norm": 10}), "activations.exclude.norm: unknown key"),
+        (lambda r: r["interpret"].update(seed=-1), "interpret.seed: got -1; Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, mutate, expected):

@@ -495,7 +495,7 @@ class InterpretParams(_Section):
     allow_callables: bool = Field(False, description="let `callable` proxies import and run their code on corpus "
                                                      "text; off, only regex proxies are accepted")
     bootstrap: int = Field(2000, ge=100)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="seeds the sample, the examples and the scoring order")
 
     @model_validator(mode="after")
     def _checks(self):

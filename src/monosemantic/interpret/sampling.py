@@ -129,7 +129,7 @@ def scan(acts, first_row: int, tokens: np.ndarray, ctx: int, sides: np.ndarray,
     for c0, a in _batches(acts, first_row, n_ctx, ctx, batch, lambda x: encode(x, None), "pass 1/2", absent):
         rows = slice(c0 * ctx, c0 * ctx + len(a))
         count += torch.bincount((a > 0).nonzero()[:, 1], minlength=n_units)
-        total += a.sum(0)
+        total += a.sum(0, dtype=torch.float64)  # exact for a float16 store: the same neuron sums beside any dictionary
         for j in range(labels.shape[1]):  # "fires" is activation > 0, as for density
             true_pos[:, j] += (a[torch.from_numpy(np.flatnonzero(labels[rows, j]))] > 0).sum(0)
         a3 = a.view(-1, ctx, n_units)
@@ -265,9 +265,10 @@ class _Intervals:
 def _uniform(seed: int, contexts: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """float32 ``[contexts, keys]`` uniform on [0, 1), a function of (seed, context, key) alone: a unit's
     draw for a context does not depend on which other units or contexts a batch holds. SplitMix64's
-    finaliser over the three (numpy's generators draw streams, not values at given coordinates)."""
+    finaliser over the three (numpy's generators draw streams, not values at given coordinates); seed + 1,
+    as the finaliser maps 0 to 0."""
     with np.errstate(over="ignore"):
-        z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + contexts.astype(np.uint64)[:, None]
+        z = (np.uint64(seed + 1) * np.uint64(0x9E3779B97F4A7C15) + contexts.astype(np.uint64)[:, None]
              * np.uint64(0xD1B54A32D192ED03) + keys.astype(np.uint64)[None, :] * np.uint64(0xAEF17502108EF2D9))
         for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
             z = (z ^ (z >> np.uint64(shift))) * np.uint64(mult)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import polars as pl
+from polars.testing import assert_frame_equal
 
 from monosemantic.params import dictionary_name
 from monosemantic.report import svg, tokens
@@ -44,14 +45,15 @@ class Interpretation:
     def __init__(self, architecture: str, size: int, folder: Path):
         self.architecture, self.size, self.name = architecture, size, dictionary_name(architecture, size)
         self.units = pl.read_parquet(folder / "features.parquet")
-        self.tables = [self.units] + [pl.read_parquet(folder / f) if (folder / f).exists() else None
-                                      for f in ("examples.parquet", "proxies.parquet")]
+        tables = [self.units] + [pl.read_parquet(folder / f) if (folder / f).exists() else None
+                                 for f in ("examples.parquet", "proxies.parquet")]
+        self.neuron_tables = [None if t is None else t.filter(pl.col("kind") == "neuron") for t in tables]
         self.examples: dict[Key, list[dict]] = defaultdict(list)
-        for row in self.tables[1].iter_rows(named=True) if self.tables[1] is not None else ():
+        for row in tables[1].iter_rows(named=True) if tables[1] is not None else ():
             self.examples[(row["kind"], row["index"])].append(row)
         self.proxies: dict[Key, list[dict]] = defaultdict(list)
-        if self.tables[2] is not None:
-            for row in self.tables[2].sort("f1", descending=True, nulls_last=True).iter_rows(named=True):
+        if tables[2] is not None:
+            for row in tables[2].sort("f1", descending=True, nulls_last=True).iter_rows(named=True):
                 self.proxies[(row["kind"], row["index"])].append(row)
         interpreted = self.units.filter(pl.col("interpreted"))
         self.pages = {(k, i) for k, i in zip(interpreted["kind"], interpreted["index"])}
@@ -60,12 +62,17 @@ class Interpretation:
         self.writes_neurons = True  # False where another dictionary writes the shared pages
 
     def same_neurons(self, other: Interpretation) -> bool:
-        """Whether every neuron's row, examples and proxies equal `other`'s: then one page shows both."""
-        def neurons(t: pl.DataFrame | None) -> pl.DataFrame | None:
-            return None if t is None else t.filter(pl.col("kind") == "neuron")
-        pairs = [(neurons(a), neurons(b)) for a, b in zip(self.tables, other.tables)]
-        return all(a is None and b is None or a is not None and b is not None and a.equals(b, null_equal=True)
-                   for a, b in pairs)
+        """Whether every neuron's row, examples and proxies equal `other`'s (floats to 1e-9: a sum over a
+        bfloat16 or float32 store may round in another order), so that one page shows both."""
+        for a, b in zip(self.neuron_tables, other.neuron_tables):
+            if (a is None) != (b is None):
+                return False
+            try:
+                if a is not None:
+                    assert_frame_equal(a, b, rel_tol=1e-9, abs_tol=1e-12)
+            except AssertionError:
+                return False
+        return True
 
     def scores(self, kind: str) -> list[float]:
         """The random sample's scores (as interp.json's means): the named units were picked for being good at something."""
@@ -190,12 +197,19 @@ def _control_path(name: str, folder: str, row: dict[str, Any], pages: dict[str, 
 
 
 def share_neurons(interpretations: list[Interpretation]) -> None:
-    """The dictionaries whose neurons equal the first's (the first with neuron pages) share its neuron pages,
-    in NEURONS, which it writes; one whose neurons differ (LLM replies not all from one cache) keeps its own."""
-    have = [d for d in interpretations if any(kind == "neuron" for kind, _ in d.pages)]
-    group = [d for d in have if d is have[0] or d.same_neurons(have[0])]
+    """The largest group of dictionaries with the same neurons (the first such, on a tie) shares one page per
+    neuron, in NEURONS, written by its first; a dictionary outside it (LLM replies not all from one cache)
+    keeps its own."""
+    groups: list[list[Interpretation]] = []
+    for d in (d for d in interpretations if any(kind == "neuron" for kind, _ in d.pages)):
+        same = next((g for g in groups if d.same_neurons(g[0])), None)
+        if same is None:
+            groups.append([d])
+        else:
+            same.append(d)
+    group = max(groups, key=len, default=[])
     for d in group:
-        d.folder["neuron"], d.beside, d.writes_neurons = NEURONS, [g.name for g in group], d is have[0]
+        d.folder["neuron"], d.beside, d.writes_neurons = NEURONS, [g.name for g in group], d is group[0]
 
 
 def _round(v: Any) -> float | None:
