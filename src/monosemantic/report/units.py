@@ -57,9 +57,16 @@ class Interpretation:
                 self.proxies[(row["kind"], row["index"])].append(row)
         interpreted = self.units.filter(pl.col("interpreted"))
         self.pages = {(k, i) for k, i in zip(interpreted["kind"], interpreted["index"])}
-        self.folder = {"feature": self.name, "neuron": self.name}  # of its pages; share_neurons moves the neurons'
-        self.beside = [self.name]   # the dictionaries whose neuron pages these are
-        self.writes_neurons = True  # False where another dictionary writes the shared pages
+        self.neuron_folder = self.name  # share_neurons may move its neurons' pages to NEURONS,
+        self.beside = [self.name]       # shared by these dictionaries, the first of which writes them
+
+    def folder(self, kind: str) -> str:
+        """The pages folder of its units of this kind."""
+        return self.neuron_folder if kind == "neuron" else self.name
+
+    @property
+    def writes_neurons(self) -> bool:
+        return self.beside[0] == self.name
 
     def same_neurons(self, other: Interpretation) -> bool:
         """Whether every neuron's row, examples and proxies equal `other`'s (floats to 1e-9: a sum over a
@@ -89,7 +96,7 @@ class Interpretation:
         `order`: the dictionary's place on the site (the table sorts dictionaries by it)."""
         u = self.units
         return [[order, self.name, kind, index, _round(d), _round(m), _round(s), _round(c), expl, err, proxy,
-                 _round(f1), page_path(self.folder[kind], kind, index) if interp else None]
+                 _round(f1), page_path(self.folder(kind), kind, index) if interp else None]
                 for kind, index, d, m, s, c, expl, err, proxy, f1, interp in zip(
                     u["kind"], u["index"], u["density"], u["max_activation"], u["score_pearson"], u["control_pearson"],
                     u["explanation"], u["explanation_error"], u["best_proxy"], u["best_proxy_f1"], u["interpreted"])]
@@ -105,12 +112,12 @@ class Interpretation:
             yield {**row, "name": self.name, "architecture": self.architecture, "size": self.size,
                    "beside": self.beside,
                    "chosen_for": [_REASONS.get(w, w.replace("proxy:", "best for proxy ")) for w in row["chosen_for"]],
-                   "path": page_path(self.folder[row["kind"]], *key),
+                   "path": page_path(self.folder(row["kind"]), *key),
                    "histogram": _histogram(row), "groups": self._groups(key, row["max_activation"]),
                    "boost": _logits(row["logit_boost_tokens"], row["logit_boost_values"]),
                    "suppress": _logits(row["logit_suppress_tokens"], row["logit_suppress_values"]),
                    "proxies": self.proxies.get(key, []),
-                   "control_path": _control_path(self.name, self.folder[row["kind"]], row, pages),
+                   "control_path": _control_path(self.name, self.folder(row["kind"]), row, pages),
                    "nearest": nearest.around(self.architecture, self.size, row["index"], pages)
                    if row["kind"] == "feature" else []}
 
@@ -209,7 +216,7 @@ def share_neurons(interpretations: list[Interpretation]) -> None:
             same.append(d)
     group = max(groups, key=len, default=[])
     for d in group:
-        d.folder["neuron"], d.beside, d.writes_neurons = NEURONS, [g.name for g in group], d is group[0]
+        d.neuron_folder, d.beside = NEURONS, [g.name for g in group]
 
 
 def _round(v: Any) -> float | None:
