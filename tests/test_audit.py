@@ -152,6 +152,17 @@ def test_an_artifact_dvc_lock_does_not_list_is_unverifiable(ws, capsys):
     assert code == 3 and f"not checked: {SAE}: not an output in dvc.lock" in out
 
 
+@pytest.mark.parametrize("sizes, verdict", [([128, 256], 0), ([128, 512], 1)])
+def test_a_params_key_recorded_beside_the_sections_is_checked_like_them(ws, capsys, sizes, verdict):
+    """A stage that reads one key of another section (interpret: sae.dict_sizes) records its value, a list."""
+    edit_record(ws / SAE, lambda r: r["params"].update({"sae.dict_sizes": sizes, "compare": {"top_families": 10}}))
+    write_lock(ws, "data/acts", SAE)
+    code, out, _ = run(ws / SAE, capsys, "--json")
+    stale = [(p["detail"], p["expected"], p["actual"]) for p in json.loads(out)["problems"]]
+    assert code == verdict and stale == ([] if verdict == 0 else [
+        ("params.yaml sae.dict_sizes changed since it was made", "[128, 512]", "[128, 256]")])
+
+
 # ---------------------------------------------------------------- files-source inputs of the corpus
 
 

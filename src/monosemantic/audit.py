@@ -184,8 +184,8 @@ _FIELDS = {  # field: (required, valid, what it must be)
     "stage": (True, lambda v: isinstance(v, str), "a string"),
     "inputs": (True, lambda v: isinstance(v, dict) and all(map(_is_entry, v.values())),
                "an object of {path, md5} strings"),
-    "params": (True, lambda v: isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()),
-               "an object of params sections"),
+    "params": (True, lambda v: isinstance(v, dict) and all(isinstance(s, dict) or "." in k for k, s in v.items()),
+               "an object of params sections (a dotted key, e.g. sae.dict_sizes, may hold a list or a value)"),
     "files": (False, lambda v: isinstance(v, dict) and all(isinstance(m, str) for m in v.values()),
               "an object of relative path: md5"),
     "sources": (False, lambda v: isinstance(v, list) and all(map(_is_source, v)),
@@ -375,7 +375,12 @@ def _check_params(ws: Workspace, rel: str, record: dict, report: Report) -> None
     for section, used in record["params"].items():
         now: Any = ws.params
         for key in section.split("."):  # sections may be nested, e.g. "sae.train"
-            now = now.get(key, {}) if isinstance(now, dict) else {}
+            now = now.get(key) if isinstance(now, dict) else None
+        if not isinstance(used, dict):  # a key's value, e.g. sae.dict_sizes
+            if now != used:
+                report.problems.append(Problem(rel, "stale", f"params.yaml {section} changed since it was made",
+                                               json.dumps(used), json.dumps(now)))
+            continue
         now = flatten(now) if isinstance(now, dict) else {}
         for key, value in flatten(used).items():
             if now.get(key) != value:
