@@ -35,6 +35,15 @@ class DictionaryName(NamedTuple):
     size: int
 
 
+def require_current(output: Path, source: str, stage: str) -> None:
+    """Refuse `output` unless its record shows it was made from today's `source` (a failed re-run of
+    `stage`, or one run by hand out of order, leaves outputs made from another)."""
+    used = {e.get("path"): e.get("md5") for e in ((provenance.read_record(output) or {}).get("inputs") or {}).values()}
+    if Path(source).exists() and used.get(source) != (now := provenance.hash_path(source)):
+        made = f"an earlier {source} (md5 {used[source]}, now {now})" if source in used else f"without {source}"
+        raise UserError(f"{output} was made from {made}: re-run `dvc repro {stage}` first")
+
+
 def dictionary_name(params: Params, arg: str) -> DictionaryName:
     """A per-dictionary stage's argument, checked once params.yaml is (a bad list there is the likelier fault)."""
     names = params.sae.names()

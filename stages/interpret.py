@@ -1,8 +1,9 @@
 """interpret@<architecture>-<size>: explain a sample of one dictionary's features and every MLP neuron, and score them.
 
 The features the report names get explained too: each proxy's best (found in the scan), and the members
-of the largest splitting families, which are found here as the compare stage finds them, from the
-decoders of every size of the architecture, so that each one the report names has a page.
+of the largest splitting families, read from compare's reports/splitting/families/<architecture>.json (that
+file alone: another architecture's dictionaries, added or retrained, leave this stage's outputs standing),
+so that each one the report names has a page.
 """
 
 from pathlib import Path
@@ -15,14 +16,14 @@ from monosemantic.evaluation import splitting
 from monosemantic.interpret import Baseline, ChatClient, LLMBackend, api_key, detector, interpret_dictionary
 from monosemantic.model import load_model
 from monosemantic.params import dictionary_name
-from monosemantic.provenance import atomic_output, write_record
+from monosemantic.provenance import atomic_output, read_json, write_record
 from monosemantic.sae.export import load_sae
 from monosemantic.tokenizer import load_tokenizer, token_strings
-from stages._stage import run_stage, size_argument
+from stages._stage import require_current, run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"interpret@{arg}", "interpret", also=("compare", "sae.dict_sizes"), dictionary=arg) as s:
+    with run_stage(f"interpret@{arg}", "interpret", also=("sae.dict_sizes",), dictionary=arg) as s:
         p, name, size = s.section, s.dictionary.name, s.dictionary.size
         key = api_key(p.openai) if p.backend == "openai" else None  # fail before any work
         proxies = {proxy.name: detector(proxy) for proxy in p.proxies}
@@ -30,7 +31,7 @@ def main(arg: str) -> None:
                             ("model", "models/transformer"), ("sae", f"models/sae/{name}")):
             s.input(what, path)
         store, model, sae = open_store("data/activations.zarr"), load_model("models/transformer"), load_sae(f"models/sae/{name}")
-        named = {f: "splitting" for f in _split_features(s, sae)}
+        named = {f: "splitting" for f in _split_features(s)}
         tok = load_tokenizer("data/tokenizer.json")
         strings = token_strings(tok)
         if sae.d_in != store.acts.shape[1]:
@@ -62,19 +63,19 @@ def main(arg: str) -> None:
               f"{n_.get('mean_pearson', float('nan')):.3f} mean Pearson (control {f.get('control_mean_pearson')})")
 
 
-def _split_features(s, sae) -> set[int]:
-    """This dictionary's features in the splitting families compare reports (its top_families that split)."""
-    arch, size, c = s.dictionary.architecture, s.dictionary.size, s.params.compare
-    decoders = {}
+def _split_features(s) -> set[int]:
+    """This dictionary's features in the splitting families compare reports (its top_families that split),
+    checked to come from today's decoders of every size of the architecture, which are recorded as inputs."""
+    arch, size = s.dictionary.architecture, s.dictionary.size
+    path = Path(f"reports/splitting/families/{arch}.json")
+    if not path.exists():
+        raise UserError(f"{path} is missing: run compare first (`dvc repro compare`)")
     for other in sorted(s.params.sae.dict_sizes):
-        if other == size:
-            decoders[other] = sae.W_dec.detach()
-        else:
-            path = f"models/sae/{dictionary_name(arch, other)}"
-            s.input(f"sae_{other}", path)
-            decoders[other] = load_sae(path).W_dec.detach()
-    fams = splitting.families(splitting.nearest_table(decoders), c.family_cosine)[: c.top_families]
-    return splitting.members(fams).get(size, set())
+        decoders = f"models/sae/{dictionary_name(arch, other)}"
+        require_current(path.parent.parent, decoders, "compare")
+        if other != size:
+            s.input(f"sae_{other}", decoders)
+    return splitting.members(read_json(path)["families"]).get(size, set())
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import polars as pl
 
-from monosemantic.errors import UserError
 from monosemantic.params import dictionary_name
-from monosemantic.provenance import PROVENANCE_FILE, hash_path, read_json, read_record
+from monosemantic.provenance import PROVENANCE_FILE, read_json
 from monosemantic.report.lineage import lineage
 from monosemantic.report.site import PAGES, Dictionary, build_site
 from monosemantic.report.summary import summary_markdown
-from stages._stage import run_stage
+from stages._stage import require_current, run_stage
 
 REPORTS = Path("reports")
 SUMMARY = REPORTS / "summary.md"
@@ -52,13 +51,10 @@ def read_frontier(architectures: list[str], root: Path = Path(".")) -> dict[str,
     return {a: pl.read_csv(p).to_dicts() for a, p in paths.items() if p.exists()}
 
 
-def _require_current(output: Path, source: str, stage: str) -> None:
-    """Refuse to show `output` if it was made from another `source` than today's (a failed re-run
-    of `stage` leaves the previous outputs in place)."""
-    used = {e.get("path"): e.get("md5") for e in ((read_record(output) or {}).get("inputs") or {}).values()}
-    if source in used and Path(source).exists() and used[source] != hash_path(source):
-        raise UserError(f"{output} was made from an earlier {source} (md5 {used[source]}, now {hash_path(source)}): "
-                        f"re-run `dvc repro {stage}` before the report")
+def read_families(architectures: list[str], root: Path = Path(".")) -> list[dict]:
+    """The largest splitting families of each architecture params.yaml lists (compare's per-architecture files)."""
+    paths = [root / REPORTS / "splitting/families" / f"{a}.json" for a in architectures]
+    return [f for p in paths if p.exists() for f in read_json(p)["families"]]
 
 
 def main() -> None:
@@ -67,14 +63,14 @@ def main() -> None:
         dictionaries = read_dictionaries([(a, size) for a in sae.architectures for size in sorted(sae.dict_sizes)])
         for d in dictionaries:
             if d.features is not None:
-                _require_current(d.features, f"models/sae/{d.name}", f"interpret@{d.name}")
+                require_current(d.features, f"models/sae/{d.name}", f"interpret@{d.name}")
                 s.input(f"features_{d.name}", d.features)
         if NEAREST.exists():
             s.input("splitting", NEAREST.parent)
         universality = [read_json(p) for p in sorted(Path("metrics/universality").glob("*.json"))]
         text = summary_markdown([d.row() for d in dictionaries],
                                 _json(Path("metrics/transformer.json")), _json(Path("metrics/splitting.json")),
-                                (_json(REPORTS / "splitting/families.json") or {}).get("families"),
+                                read_families(sae.architectures),
                                 universality, {d.name: d.interp for d in dictionaries if d.interp})
         SUMMARY.parent.mkdir(parents=True, exist_ok=True)
         tmp = SUMMARY.with_suffix(".md.tmp")

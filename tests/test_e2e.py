@@ -67,7 +67,7 @@ def test_subject_model_learned(repo):
 def test_repro_is_clean_and_a_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=repo).stdout
     out = sh("dvc", "repro", cwd=repo).stdout
-    assert "Running stage" not in out and out.count("didn't change, skipping") == 19
+    assert "Running stage" not in out and out.count("didn't change, skipping") == 20
 
 
 def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
@@ -76,7 +76,8 @@ def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     exp = client.get_experiment_by_name("monosemantic")
     runs = {r.data.tags["monosemantic.stage"]: r for r in client.search_runs([exp.experiment_id])}
-    assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations", "compare", "report",
+    assert set(runs) == {"corpus", "tokenizer", "tokenize", "train_model", "cache_activations", "compare", "frontier",
+                         "report",
                          *(f"{stage}@{name}" for stage in ("train_sae", "evaluate", "interpret")
                            for name in ("standard-128", "standard-256", "topk-128", "topk-256"))}
     assert all(r.info.status == "FINISHED" for r in runs.values())
@@ -356,11 +357,28 @@ def test_metrics_diff_shows_the_evaluation_after_a_params_change(repo, tmp_path)
     sh("git", "commit", "-qm", "baseline results", cwd=work)
     set_params(work, lambda r: r["evaluate"].update(max_tokens=4000))
     out = sh("dvc", "repro", cwd=work).stdout
-    assert {*(f"evaluate@{a}-{s}" for a in ("standard", "topk") for s in (128, 256)), "compare", "report"} == set(
+    assert {*(f"evaluate@{a}-{s}" for a in ("standard", "topk") for s in (128, 256)), "frontier", "report"} == set(
         line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage"))
     diff = sh("dvc", "metrics", "diff", "--md", cwd=work).stdout
     assert "metrics/sae/topk-128/eval.json" in diff and "n_eval_tokens" in diff and "loss_recovered" in diff
     assert "| 8000 " in diff and "| 4000 " in diff
+
+
+def test_retraining_one_architecture_leaves_the_others_interpretation_standing(repo, tmp_path):
+    """interpret@<dict> reads its own architecture's splitting families alone: topk retrained reruns
+    compare, which rewrites standard's file byte for byte, so DVC skips interpret@standard-*."""
+    work = clone_repo(repo, tmp_path / "r")
+    standard = {n: hash_path(work / f"reports/features/standard-{n}") for n in (128, 256)}
+    set_params(work, lambda r: r["sae"]["topk"].update(k=6))
+    out = sh("dvc", "repro", cwd=work).stdout
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {*(f"{stage}@topk-{s}" for stage in ("train_sae", "evaluate", "interpret") for s in (128, 256)),
+                   "compare", "frontier", "report"}
+    assert {n: hash_path(work / f"reports/features/standard-{n}") for n in (128, 256)} == standard
+    assert "Data and pipelines are up to date" in sh("dvc", "status", cwd=work).stdout
+    for name in ("standard-128", "topk-256"):  # a standing interpretation's record still holds
+        code, report = audit_cli(f"reports/features/{name}", work)
+        assert code == 0 and report["verdict"] == "verified", (report["problems"], report["unchecked"])
 
 
 @pytest.mark.parametrize("name", ["standard-128", "standard-256", "topk-128", "topk-256"])
@@ -412,7 +430,8 @@ def test_every_unit_the_report_names_has_a_page(repo):
                 assert (name, "feature", proxy["feature"]) in named, (name, proxy)
     splits = [line for line in summary.splitlines() if line.startswith("- ") and " → " in line]
     assert all(named_units(line) for line in splits), splits
-    families = [f for f in json.loads((reports / "splitting/families.json").read_text())["families"]
+    families = [f for arch in ("standard", "topk")
+                for f in json.loads((reports / f"splitting/families/{arch}.json").read_text())["families"]
                 if any(len(c["features"]) > 1 for c in f["children"].values())]
     members = {(f"{f['architecture']}-{f['dict_size']}", "feature", f["feature"]) for f in families} | {
         (f"{f['architecture']}-{size}", "feature", i) for f in families for size, c in f["children"].items()

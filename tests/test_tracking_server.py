@@ -22,7 +22,7 @@ from monosemantic.provenance import hash_path, read_json
 from tests.conftest import ENV, clone_repo
 from tests.servers import SECRET, free_port
 
-COMPARE_OUTS = ("reports/splitting", "plots/frontier", "plots/splitting", "metrics/splitting.json", "mlflow.db")
+COMPARE_OUTS = ("reports/splitting", "plots/splitting", "metrics/splitting.json", "mlflow.db")
 UNREACHABLE_LIMIT_S = 30  # a stage that meets no server stops within this (MLflow alone retries for minutes)
 
 
@@ -67,12 +67,12 @@ def test_a_stage_logs_its_run_to_the_shared_server_and_its_artifacts_to_the_buck
 
     # The artifact went through the server into the bucket: the same bytes, under the destination.
     assert {a.path for a in client.list_artifacts(run.info.run_id, "splitting")} >= {
-        "splitting/nearest.parquet", "splitting/families.json", "splitting/provenance.json"}
+        "splitting/nearest.parquet", "splitting/families", "splitting/provenance.json"}
     for name, value in mlflow_server.env.items():
         monkeypatch.setenv(name, value)
     bucket = storage.RemoteLocation(artifacts)
     prefix = f"{artifacts}/{experiment.experiment_id}/{run.info.run_id}/artifacts/splitting"
-    for name in ("nearest.parquet", "families.json", "provenance.json"):
+    for name in ("nearest.parquet", "families/standard.json", "families/topk.json", "provenance.json"):
         assert bucket.fs.cat_file(f"{prefix}/{name}") == (work / "reports/splitting" / name).read_bytes()
 
     # No AWS secret in what the server stored (params, tags, inputs: the whole database) or in the record.

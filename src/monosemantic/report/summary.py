@@ -86,7 +86,7 @@ def summary_markdown(dictionaries: list[dict], model: dict | None = None, splitt
                      families: list[dict] | None = None, universality: list[dict] | None = None,
                      interp: dict[str, dict] | None = None) -> str:
     """`dictionaries`: one `row` per dictionary; `splitting`: metrics/splitting.json (per architecture);
-    `families`: families.json's list; `interp`: interp.json per dictionary name."""
+    `families`: compare's families/<architecture>.json lists, joined; `interp`: interp.json per dictionary name."""
     dictionaries = ordered(dictionaries)
     lines = ["# monosemantic: summary", ""]
     if model:
@@ -151,7 +151,7 @@ def architectures_markdown(dictionaries: list[dict]) -> list[str]:
 
 
 def splitting_markdown(splitting: dict | None, families: list[dict] | None) -> list[str]:
-    """Feature splitting within each architecture, across its sizes (metrics/splitting.json, families.json)."""
+    """Feature splitting within each architecture, across its sizes (metrics/splitting.json, reports/splitting/families/)."""
     lines = []
     pairs = [(arch, pair, v) for arch, per in (splitting or {}).items() if isinstance(per, dict)
              for pair, v in per.items() if isinstance(v, dict) and "median_cosine" in v]  # not "families"
