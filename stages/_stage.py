@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -162,8 +163,30 @@ def _running(name: str) -> bool:
     return False
 
 
+_signalled: int | None = None  # the signal that is ending the stage
+
+
 def _interrupt(signum, frame):
+    global _signalled
+    _signalled = signum
     raise KeyboardInterrupt(f"signal {signum}")  # SIGTERM ends the stage like Ctrl-C: run KILLED, outputs kept
+
+
+def _unraisable(u) -> None:
+    """Python drops an exception raised in a finaliser (a weakref callback, ``__del__``; SQLAlchemy runs
+    them while MLflow starts): when that was our interrupt, the stage would run on to its end. Send the
+    signal again, a moment later, from a thread, so that it lands in the stage's own code."""
+    if isinstance(u.exc_value, KeyboardInterrupt) and _signalled is not None:
+        again = threading.Timer(0.05, os.kill, (os.getpid(), _signalled))
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(u)
+
+
+def end_on_signals() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.unraisablehook = _unraisable
 
 
 @contextlib.contextmanager
@@ -171,7 +194,7 @@ def run_stage(name: str, section: str | None, also: tuple[str, ...] = (), dictio
               ) -> Iterator[Stage]:
     """`section`: the stage's own params section; `also`: other sections it reads (logged and recorded),
     where "{architecture}" stands for that of `dictionary`, the argument of a per-dictionary stage."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    end_on_signals()
     try:
         params = load_params()
         named = dictionary_name(params, dictionary) if dictionary is not None else None

@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import zarr
 
 from monosemantic.provenance import hash_path
-from tests.conftest import ENV, clone_repo, set_params, sh
+from tests.conftest import ENV, ROOT, clone_repo, set_params, sh
 
 pytestmark = pytest.mark.e2e
 SHARD = "data/activations.zarr/acts/c/3/0"  # a training shard of the tiny store
@@ -183,6 +184,29 @@ def test_sigterm_ends_the_run_killed(repo, tmp_path):
     proc.wait(timeout=240)  # a bound on a hang: on two loaded cores (two test workers) exiting once took > 60 s
     assert proc.returncode == 130 and "RUNNING" not in _runs(work)["train_sae@standard-128"]
     assert "KILLED" in _runs(work)["train_sae@standard-128"]
+
+
+def test_a_sigterm_that_lands_in_a_finaliser_still_ends_the_stage(tmp_path):
+    """Python drops an exception raised in a finaliser (SQLAlchemy's weakref callbacks run while MLflow
+    starts): the signal is sent again and ends the stage, where it used to run on to its end."""
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        from stages._stage import end_on_signals
+        end_on_signals()
+        class Finalised:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.5)  # the interrupt is raised here, and dropped
+        try:
+            Finalised()
+            time.sleep(20)
+        except KeyboardInterrupt:
+            sys.exit(130)
+    """)
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 130 and time.monotonic() - t0 < 15, res.stderr
+    assert "Exception ignored" not in res.stderr
 
 
 def test_a_kill_while_the_mlflow_store_is_created_leaves_no_broken_store(tmp_path):
