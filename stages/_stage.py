@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import polars as pl
 
@@ -41,8 +41,9 @@ def require_current(output: Path, source: str, stage: str) -> None:
     `stage`, or one run by hand out of order, leaves outputs made from another)."""
     used = {e.get("path"): e.get("md5") for e in ((provenance.read_record(output) or {}).get("inputs") or {}).values()}
     if Path(source).exists() and used.get(source) != (now := provenance.hash_path(source)):
-        made = f"an earlier {source} (md5 {used[source]}, now {now})" if source in used else f"without {source}"
-        raise UserError(f"{output} was made from {made}: re-run `dvc repro {stage}` first")
+        made = (f"from an earlier {source} (md5 {used[source]}, now {now})" if source in used
+                else f"without {source} among the inputs its record names")
+        raise UserError(f"{output} was made {made}: re-run `dvc repro {stage}` first")
 
 
 def dictionary_name(params: Params, arg: str) -> DictionaryName:
@@ -163,30 +164,46 @@ def _running(name: str) -> bool:
     return False
 
 
-_signalled: int | None = None  # the signal that is ending the stage
+_signalled: int | None = None  # the signal ending the stage, while its KeyboardInterrupt is on its way out
+_resend: threading.Timer | None = None
 
 
 def _interrupt(signum, frame):
     global _signalled
+    if _signalled is not None:
+        return  # one at a time: a second signal must not cut short the first one's cleanup (the run's KILLED)
     _signalled = signum
-    raise KeyboardInterrupt(f"signal {signum}")  # SIGTERM ends the stage like Ctrl-C: run KILLED, outputs kept
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _unraisable(u) -> None:
     """Python drops an exception raised in a finaliser (a weakref callback, ``__del__``; SQLAlchemy runs
     them while MLflow starts): when that was our interrupt, the stage would run on to its end. Send the
     signal again, a moment later, from a thread, so that it lands in the stage's own code."""
+    global _signalled, _resend
     if isinstance(u.exc_value, KeyboardInterrupt) and _signalled is not None:
-        again = threading.Timer(0.05, os.kill, (os.getpid(), _signalled))
-        again.daemon = True
-        again.start()
+        signum, _signalled = _signalled, None
+        _resend = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        _resend.daemon = True
+        _resend.start()
         return
     sys.__unraisablehook__(u)
 
 
-def end_on_signals() -> None:
-    signal.signal(signal.SIGTERM, _interrupt)
+def end_on_signals() -> Callable[[], None]:
+    """SIGTERM and Ctrl-C end the stage like an exception (its run KILLED, its outputs kept), even where
+    Python drops the exception; returns what restores Python's own handling once the stage is over."""
+    handlers = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     sys.unraisablehook = _unraisable
+
+    def restore() -> None:
+        global _signalled, _resend
+        if _resend is not None:
+            _resend.cancel()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        sys.unraisablehook, _signalled, _resend = sys.__unraisablehook__, None, None
+    return restore
 
 
 @contextlib.contextmanager
@@ -194,7 +211,7 @@ def run_stage(name: str, section: str | None, also: tuple[str, ...] = (), dictio
               ) -> Iterator[Stage]:
     """`section`: the stage's own params section; `also`: other sections it reads (logged and recorded),
     where "{architecture}" stands for that of `dictionary`, the argument of a per-dictionary stage."""
-    end_on_signals()
+    restore = end_on_signals()
     try:
         params = load_params()
         named = dictionary_name(params, dictionary) if dictionary is not None else None
@@ -216,3 +233,5 @@ def run_stage(name: str, section: str | None, also: tuple[str, ...] = (), dictio
         print(f"stage {name} interrupted; outputs are unchanged and a re-run resumes from its last checkpoint",
               file=sys.stderr)
         sys.exit(130)
+    finally:
+        restore()

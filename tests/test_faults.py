@@ -209,6 +209,26 @@ def test_a_sigterm_that_lands_in_a_finaliser_still_ends_the_stage(tmp_path):
     assert "Exception ignored" not in res.stderr
 
 
+def test_a_second_sigterm_does_not_cut_short_the_first_ones_cleanup(tmp_path):
+    """The first signal's cleanup (MLflow marking the run KILLED, temporary outputs removed) runs to its end."""
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        from stages._stage import end_on_signals
+        restore = end_on_signals()
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(20)
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            print("cleaned up")
+        restore()
+        sys.exit(130)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 130 and "cleaned up" in res.stdout, res.stderr
+
+
 def test_a_kill_while_the_mlflow_store_is_created_leaves_no_broken_store(tmp_path):
     """SIGKILL in the middle of MLflow's migrations: the store is absent or whole, never half."""
     db = tmp_path / "mlflow.db"
