@@ -36,11 +36,11 @@ class DictionaryName(NamedTuple):
     size: int
 
 
-def require_current(output: Path, source: str, stage: str) -> None:
-    """Refuse `output` unless its record shows it was made from today's `source` (a failed re-run of
-    `stage`, or one run by hand out of order, leaves outputs made from another)."""
+def require_current(output: Path, source: str, stage: str, now: str | None = None) -> None:
+    """Refuse `output` unless its record shows it was made from today's `source`, whose hash is `now` when
+    known (a failed re-run of `stage`, or one run by hand out of order, leaves outputs made from another)."""
     used = {e.get("path"): e.get("md5") for e in ((provenance.read_record(output) or {}).get("inputs") or {}).values()}
-    if Path(source).exists() and used.get(source) != (now := provenance.hash_path(source)):
+    if Path(source).exists() and used.get(source) != (now := now or provenance.hash_path(source)):
         made = (f"from an earlier {source} (md5 {used[source]}, now {now})" if source in used
                 else f"without {source} among the inputs its record names")
         raise UserError(f"{output} was made {made}: re-run `dvc repro {stage}` first")

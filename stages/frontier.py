@@ -19,9 +19,10 @@ def main() -> None:
         for arch in s.params.sae.architectures:
             frontiers[arch] = []
             for size in sorted(s.params.sae.dict_sizes):
-                path = Path(f"metrics/sae/{dictionary_name(arch, size)}/eval.json")
+                name = dictionary_name(arch, size)
+                path = Path(f"metrics/sae/{name}/eval.json")
                 if not path.exists():
-                    raise UserError(f"{path} is missing: run evaluate@{dictionary_name(arch, size)} first (`dvc repro`)")
+                    raise UserError(f"{path} is missing: run evaluate@{name} first (`dvc repro`)")
                 ev = read_json(path)
                 frontiers[arch].append({"dict_size": size, **{k: ev[k] for k in FRONTIER_KEYS}})
         shutil.rmtree("plots/frontier", ignore_errors=True)  # architectures or sizes may have been dropped

@@ -72,9 +72,8 @@ def _split_features(s) -> set[int]:
         raise UserError(f"{path} is missing: run compare first (`dvc repro compare`)")
     for other in sorted(s.params.sae.dict_sizes):
         decoders = f"models/sae/{dictionary_name(arch, other)}"
-        require_current(path.parent.parent, decoders, "compare")
-        if other != size:
-            s.input(f"sae_{other}", decoders)
+        digest = s.inputs["sae"]["md5"] if other == size else s.input(f"sae_{other}", decoders)  # hashed once
+        require_current(path.parent.parent, decoders, "compare", digest)
     return splitting.members(read_json(path)["families"]).get(size, set())
 
 
