@@ -81,6 +81,15 @@ def test_interrupted_run_resumes_to_identical_bytes(tmp_path):
     assert _files(tmp_path / "full.zarr") == _files(tmp_path / "resumed.zarr")
 
 
+def test_a_resumed_store_carries_the_record_of_the_run_that_finished_it(tmp_path):
+    """The killed run's record would point the audit and the site at a KILLED run without metrics."""
+    tokens, rows, layout = token_rows(40, 4), np.arange(40), Layout(4, 2, 2)
+    for run_id, stop in (("killed", 3), ("finished", None)):
+        cache_activations(fake_acts, tokens, rows, tmp_path / "a.zarr", D, layout, 3,
+                          {"splits": {}, "provenance": {"mlflow_run_id": run_id}}, "fp", stop_after_shards=stop)
+    assert open_store(tmp_path / "a.zarr").group.attrs["provenance"] == {"mlflow_run_id": "finished"}
+
+
 def test_partial_from_other_inputs_is_discarded(tmp_path):
     tokens, rows, layout = token_rows(40, 4), np.arange(40), Layout(4, 2, 2)
     run(tmp_path / "a.zarr", token_rows(40, 4, seed=9), rows, layout, stop_after_shards=3)

@@ -318,7 +318,7 @@ def cache_activations(
     group = zarr.open_group(partial.zarr_store(read_only=False), mode="r+")
     if "fingerprint" in group.attrs:  # gone already if a move to an object store was cut short
         del group.attrs["fingerprint"]
-    group.attrs["excluded"] = excluded
+    group.attrs.update({**attrs, "excluded": excluded})  # a resumed store: the record of the run that finished it
     raw = n_tokens * d * np.dtype(_BUFFER[layout.dtype]).itemsize
     sizes = partial.files()
     written = len(done) - len(done_before)
