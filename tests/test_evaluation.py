@@ -191,6 +191,13 @@ def test_a_feature_that_splits_forms_a_family():
     assert summary["6_to_4"]["median_cosine"] == pytest.approx(1.0)
 
 
+def test_summary_of_a_first_dictionary_not_yet_evaluated_takes_the_thresholds_of_one_that_is():
+    """report builds from whatever exists: `dvc repro -s report` after evaluate ran for some dictionaries only."""
+    done = {"dict_size": 1024, "n_eval_tokens": 500, "ultralow_threshold": 0.002, "dense_threshold": 0.2, "l0": 5.0}
+    text = summary_markdown([{"dict_size": 512, "tokens_seen": 1000}, done])
+    assert "On 500 held-out tokens" in text and "density ≤ 0.002" in text and "density > 0.2;" in text
+
+
 def test_summary_table_has_a_row_per_size():
     base = {"l0": 10.0, "mse": 0.01, "fvu": 0.2, "loss_recovered_mean_ablation": 0.9, "kl_divergence": 0.1,
             "dead_features": 1, "ultralow_features": 2, "dense_features": 0, "resampled_neurons": 3,

@@ -508,6 +508,15 @@ def test_dictionaries_share_the_neuron_pages_only_where_their_neurons_are_the_sa
     assert stats["pages"] == sum(1 for p in pages.rglob("*.html"))
 
 
+def test_the_score_tables_control_is_the_features_as_in_the_summary(site):
+    """summary.md's "control r" is the features' control; the site's table must not mix in the neurons'."""
+    index = (site / "index.html").read_text()
+    rows = re.findall(r"<tr><th>(features|neurons|control)</th><td>(\d+)</td><td>(?:<span[^>]*>)?([^<]*)<", index)
+    assert rows and len(rows) % 3 == 0
+    for (_, n_features, _), (_, n_neurons, _), (_, n_control, control) in zip(*[iter(rows)] * 3):
+        assert n_control == n_features != n_neurons and control.strip() == "0.01"
+
+
 def test_every_link_of_the_site_resolves(site, tmp_path):
     assert not broken_links(site)
     shutil.copytree(site, tmp_path / "reports")                # the check finds a page that is missing

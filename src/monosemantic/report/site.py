@@ -141,12 +141,17 @@ def _dictionary_context(d: Dictionary, data: Interpretation | None) -> dict[str,
                            "interp": d.interp or {}, "interpreted": data is not None,
                            "scores": None, "stats": [], "proxies": [], "pages": 0}
     if data is not None:
-        series = {"features": data.scores("feature"), "neurons": data.scores("neuron"), "control": data.controls()}
+        # The control is the features' (summary.md's "control r"): the chance level the features are read against.
+        series = {"features": data.scores("feature"), "neurons": data.scores("neuron"), "control": data.controls("feature")}
         lo = min([-0.25, *(v for vals in series.values() for v in vals)])
         lo = max(-1.0, math.floor(lo * 4) / 4)
         ctx["scores"] = svg.distributions(series, lo, 1.0, round((1 - lo) / 0.05), "simulation score (Pearson r)",
                                           f"interpretability scores, {d.name}: features vs neurons")
-        ctx["stats"] = [_stats(name, values, (d.interp or {}).get(name)) for name, values in series.items()]
+        features = (d.interp or {}).get("features") or {}
+        control = {k: features[f] for k, f in (("mean_pearson", "control_mean_pearson"), ("scored", "scored"),
+                                               ("mean_spearman", "control_mean_spearman")) if f in features}
+        given = {"features": features, "neurons": (d.interp or {}).get("neurons"), "control": control}
+        ctx["stats"] = [_stats(name, values, given[name]) for name, values in series.items()]
         ctx["proxies"] = [(proxy, feature, f1, page_path(d.name, "feature", feature)
                            if ("feature", feature) in data.pages else None)
                           for proxy, feature, f1 in best_proxies(d.interp or {})]

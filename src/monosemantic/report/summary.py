@@ -92,14 +92,15 @@ def summary_markdown(dictionaries: list[dict], model: dict | None = None, splitt
     if model:
         lines += [f"Subject model: eval loss {model['eval_loss']:.3f} nats/token (unigram entropy "
                   f"{model['unigram_entropy']:.3f}), {model['tokens_seen']:,} training tokens.", ""]
-    n_eval = next((d["n_eval_tokens"] for d in dictionaries if "n_eval_tokens" in d), None)
+    evaluated = next((d for d in dictionaries if d.get("n_eval_tokens")), None)  # the first may not be, yet
     lines += ["## Dictionaries", ""]
-    if n_eval:
-        ultra = dictionaries[0].get("ultralow_threshold")
-        lines += [f"On {n_eval:,} held-out tokens. Loss recovered = (L_zero − L_sae) / (L_zero − L_orig), the "
-                  f"paper's definition; ultralow = alive with density ≤ {ultra:.2g}; dense = density > "
-                  f"{dictionaries[0].get('dense_threshold', 0.1):g}; features r = mean simulation score of the "
-                  f"interpreted features.", ""]
+    if evaluated:
+        ultra = evaluated.get("ultralow_threshold")
+        lines += [f"On {evaluated['n_eval_tokens']:,} held-out tokens. Loss recovered = (L_zero − L_sae) / "
+                  "(L_zero − L_orig), the paper's definition; "
+                  + (f"ultralow = alive with density ≤ {ultra:.2g}; " if ultra is not None else "")
+                  + f"dense = density > {evaluated.get('dense_threshold', 0.1):g}; features r = mean simulation "
+                  "score of the interpreted features.", ""]
     lines += ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|---:|" + "---:|" * (len(COLUMNS) - 2)]
     for d in dictionaries:
         lines.append("| " + " | ".join(cell(fmt, d.get(key)) for _, key, fmt in COLUMNS) + " |")

@@ -85,8 +85,10 @@ class Interpretation:
         """The random sample's scores (as interp.json's means): the named units were picked for being good at something."""
         return [v for v in self._sample().filter(pl.col("kind") == kind)["score_pearson"].to_list() if number(v) is not None]
 
-    def controls(self) -> list[float]:
-        return [v for v in self._sample()["control_pearson"].to_list() if number(v) is not None]
+    def controls(self, kind: str) -> list[float]:
+        """The sample's control scores (another unit's explanation of the same kind): chance level."""
+        return [v for v in self._sample().filter(pl.col("kind") == kind)["control_pearson"].to_list()
+                if number(v) is not None]
 
     def _sample(self) -> pl.DataFrame:
         return self.units.filter(pl.col("chosen_for").list.contains("sample"))
