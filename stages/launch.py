@@ -11,19 +11,42 @@ exactly as `python -m stages.train_sae 4096` would. Otherwise the same params be
 which is printed, then run. On every other node of a multi-node run, start the same command
 (same workspace on a shared filesystem, same params.yaml): torchrun's rendezvous makes them one
 process group. Params, and the MLflow server when MLFLOW_TRACKING_URI names one, are checked here
-first, so a bad value or a server that does not answer stops with exit status 2 before any process
-starts; a worker that dies ends the stage naming its rank.
+first, as are the stage's name and whether each local rank gets a GPU of its own (`cuda`), so a bad
+value or a server that does not answer stops with exit status 2 before any process starts; a worker
+that dies ends the stage naming its rank.
 """
 
 from __future__ import annotations
 
 import runpy
 import sys
+from pathlib import Path
+
+import torch
 
 from monosemantic import tracking
 from monosemantic.compute import resolve_device
 from monosemantic.errors import UserError
 from monosemantic.params import load_params
+
+USAGE = "usage: python -m stages.launch <stage> [args...]"
+STAGES = sorted(p.stem for p in Path(__file__).parent.glob("*.py") if p.stem not in {"__init__", "_stage", "launch"})
+
+
+def check_processes(compute, device: torch.device) -> None:
+    """One GPU per local rank, as compute.setup assigns them: two ranks on one GPU would pass every
+    check here and then fail in NCCL, once per rank, after torchrun has started them all."""
+    n = compute.nproc_per_node
+    if device.type != "cuda" or n == 1:
+        return
+    if device.index is not None:
+        raise UserError(f"compute.device is {compute.device!r} but compute.nproc_per_node is {n}: every local rank "
+                        "would use that one GPU, which NCCL refuses; use compute.device cuda (one GPU per local "
+                        "rank), or compute.nproc_per_node 1")
+    if n > (count := torch.cuda.device_count()):
+        raise UserError(f"compute.nproc_per_node is {n} but this node has {count} CUDA device(s) visible, and each "
+                        f"local rank needs its own; set compute.nproc_per_node to at most {count} (more nodes: "
+                        "compute.nnodes), or compute.device cpu")
 
 
 def torchrun_args(stage: str, args: list[str], compute) -> list[str]:
@@ -35,11 +58,14 @@ def torchrun_args(stage: str, args: list[str], compute) -> list[str]:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        sys.exit("usage: python -m stages.launch <stage> [args...]")
+        sys.exit(USAGE)
     stage, args = argv[0], argv[1:]
+    if stage not in STAGES:  # else runpy's ImportError, or one per rank under torchrun
+        print(f"{USAGE}\nerror: no stage {stage!r}; the stages are {', '.join(STAGES)}", file=sys.stderr)
+        return 2
     try:
         compute = load_params().compute
-        resolve_device(compute.device, compute.precision)  # before any process starts
+        check_processes(compute, resolve_device(compute.device, compute.precision))  # before any process starts
         if compute.nnodes * compute.nproc_per_node > 1:
             tracking.check()  # (in one process, the stage's own run_stage checks)
     except UserError as e:

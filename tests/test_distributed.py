@@ -171,3 +171,63 @@ def test_cuda_without_cuda_fails_before_any_work(repo, tmp_path):
     res = sh("dvc", "repro", "-f", "train_sae@standard-128", cwd=work, check=False)
     assert res.returncode != 0 and "compute.device" in res.stderr
     assert hash_path(work / "models/sae/standard-128") == before
+
+
+# ---------------------------------------------------------------- refused by the launcher, before torchrun starts
+def no_torchrun(monkeypatch) -> list:
+    """The command lines torchrun would have been started with (it is not started)."""
+    import torch.distributed.run
+
+    started = []
+    monkeypatch.setattr(torch.distributed.run, "main", started.append)
+    return started
+
+
+def launch_with(monkeypatch, gpus: int, **compute) -> list:
+    """stages.launch's main, in the cwd, with params_tiny's compute changed and `gpus` CUDA devices
+    pretended; returns the torchrun command lines it started."""
+    import yaml
+
+    from stages import launch as launcher
+    from tests.conftest import ROOT
+
+    raw = yaml.safe_load((ROOT / "tests/params_tiny.yaml").read_text())
+    raw["compute"].update(compute)
+    Path("params.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    started = no_torchrun(monkeypatch)
+    launcher.main(["train_sae", "standard-128"])
+    return started
+
+
+def test_an_unknown_stage_is_a_usage_error_naming_the_stages(monkeypatch, capsys):
+    from stages import launch as launcher
+
+    started = no_torchrun(monkeypatch)
+    for stage in ("train_sea", "launch", "_stage"):
+        assert launcher.main([stage, "standard-128"]) == 2
+        err = capsys.readouterr().err
+        assert f"no stage {stage!r}" in err and "train_sae" in err and "usage: python -m stages.launch" in err, err
+    assert started == []
+
+
+def test_two_ranks_on_one_gpu_are_refused_before_torchrun(in_tmp, monkeypatch, capsys):
+    """compute.setup puts local rank r on cuda:N, or cuda:(r % GPUs): two ranks would share a GPU and NCCL
+    would fail once per rank, after every process had started. One GPU per local rank is launched."""
+    refused = [({"device": "cuda:1", "nproc_per_node": 2}, 2, "device is 'cuda:1' but compute.nproc_per_node is 2"),
+               ({"device": "cuda", "nproc_per_node": 4}, 2, "nproc_per_node is 4 but this node has 2 CUDA device(s)"),
+               ({"device": "auto", "nproc_per_node": 3}, 1, "nproc_per_node is 3 but this node has 1 CUDA device(s)")]
+    launched = [({"device": "cuda", "nproc_per_node": 2}, 2),
+                ({"device": "cuda:1", "nnodes": 2, "rdzv_endpoint": "host-a:29500"}, 2),  # one rank a node
+                ({"device": "cpu", "nproc_per_node": 4}, 0)]
+    for compute, gpus, words in refused:
+        with monkeypatch.context() as mp:
+            assert launch_with(mp, gpus, **compute) == []
+        out = capsys.readouterr()
+        assert "launching: torchrun" not in out.out and words in out.err, (compute, out.err)
+    for compute, gpus in launched:
+        with monkeypatch.context() as mp:
+            assert len(launch_with(mp, gpus, **compute)) == 1
+        assert "launching: torchrun" in capsys.readouterr().out, compute
