@@ -110,6 +110,9 @@ def test_bad_input_is_refused_with_the_fix_before_any_work(tmp_path, monkeypatch
     assert "features.parquet" in err and "dvc repro interpret@standard-16" in err
     err = refused("delphi", "standard-16")
     assert "activations.zarr is missing" in err and "dvc repro cache_activations" in err
+    for bad in ("0", "-5"):  # a count that is no count, named before the workspace is even read
+        err = refused("delphi", "standard-16", "--max-tokens", bad)
+        assert f"max_tokens={bad}" in err and "positive number of tokens" in err
     assert not out.exists()  # nothing written
     (tmp_path / "reports/features/standard-16").mkdir(parents=True)
     for f in ("features.parquet", "examples.parquet"):
@@ -272,7 +275,8 @@ def test_delphi_cache_is_delphis_layout_and_the_dictionarys_activations(repo, de
 def test_delphi_export_refuses_bad_latents_splits_and_sizes(repo, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(repo)
     for args, words in ((["--latents", "128"], "0..127"), (["--split", "nope"], "no split 'nope'"),
-                        (["--n-splits", "0"], "n_splits=0"), (["--max-tokens", "3"], "fewer than one context")):
+                        (["--n-splits", "0"], "n_splits=0"), (["--max-tokens", "3"], "fewer than one context"),
+                        (["--max-tokens", "-5"], "max_tokens=-5")):  # -5 // ctx * ctx once sliced from the end
         assert export("delphi", "standard-128", "--out", str(tmp_path / "o"), *args) == 2
         assert words in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

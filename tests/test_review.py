@@ -108,6 +108,15 @@ def test_outside_a_dvc_repo_fails_with_one_clear_line(tmp_path):
     assert "not a DVC repository" in res.stderr and "dvc init" in res.stderr
 
 
+@pytest.mark.parametrize("action", ["store", "fetch"])
+def test_results_without_a_default_remote_say_so(repo, action):
+    """`dvc remote default` prints "No default remote set" (exit 1) then: not a remote's name."""
+    res = sh(sys.executable, "-m", "monosemantic.cli", "results", action, "k", cwd=repo, check=False)
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert "no default DVC remote is set" in res.stderr and "dvc remote add -d" in res.stderr, res.stderr
+    assert "No default remote set" not in res.stderr
+
+
 # ---- the workflow ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

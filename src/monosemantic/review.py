@@ -87,9 +87,14 @@ def _results(remote: str | None):
     """The archive folder of `remote` (default: DVC's default remote): a Location beside DVC's files."""
     from monosemantic import storage
 
-    name = remote or _run([sys.executable, "-m", "dvc", "remote", "default"]).stdout.strip()
+    if remote:
+        name = remote
+    else:  # with no default, DVC prints "No default remote set" and exits 1: that is no name
+        res = _run([sys.executable, "-m", "dvc", "remote", "default"])
+        name = "" if res.returncode else res.stdout.strip()
     if not name:
-        raise ReviewError("no DVC remote is configured: `dvc remote add -d NAME URL` first (README: A DVC remote)")
+        raise ReviewError("no default DVC remote is set: `dvc remote add -d NAME URL` first (README: A DVC remote), "
+                          "or pass --remote NAME")
     url = _run([sys.executable, "-m", "dvc", "config", f"remote.{name}.url"]).stdout.strip()
     if not url:
         raise ReviewError(f"DVC remote {name!r} is not configured: `dvc remote list` shows those that are")

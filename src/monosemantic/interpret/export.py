@@ -238,6 +238,9 @@ def export_delphi(root: str | Path, name: str, out: str | Path, split: str = "tr
     """Encode the store's `split` (its first `max_tokens`, whole contexts) with dictionary `name` and write
     every activation above delphi's threshold of `latents` (all when None) as delphi's latent cache under
     ``out/latents/<module>/``; `module` defaults to the store's hook. Returns the number of activations."""
+    if max_tokens is not None and max_tokens < 1:  # a negative count would slice from the split's end
+        raise UserError(f"max_tokens={max_tokens}: give a positive number of tokens (whole contexts), "
+                        "or leave it out for the whole split")
     ws, out = Workspace(Path(root), name), Path(out)
     _check(ws, out, interpret=False)
     store, sae = open_store(ws.store), load_sae(ws.sae)
@@ -255,7 +258,7 @@ def export_delphi(root: str | Path, name: str, out: str | Path, split: str = "tr
     ctx = int(store.group.attrs["ctx"])
     t0, t1 = store.splits[split]
     n = min(t1 - t0, max_tokens if max_tokens is not None else t1 - t0) // ctx * ctx
-    if n == 0:
+    if n <= 0:
         raise UserError(f"fewer than one context ({ctx} tokens) to export: raise max_tokens")
     module = module or str(store.group.attrs.get("hook") or "mlp")
 
