@@ -223,7 +223,8 @@ def run_stage(name: str, section: str | None, also: tuple[str, ...] = (), dictio
             if not compute.is_main:  # rank 0 holds the lock and the MLflow run, and writes
                 yield Stage(name, params, section, tracking.SilentRun(), sections, compute, named)
                 return
-            with _exclusive(name), tracking.start_run(name, sections, provenance.code_version(), _running,
+            with _exclusive(name), tracking.start_run(name, sections, provenance.code_version(),
+                                                      lambda st: st != name and _running(st),  # ours: its lock
                                                       compute.describe()) as run:
                 yield Stage(name, params, section, run, sections, compute, named)
     except UserError as e:

@@ -9,6 +9,7 @@ Cases that need more than that (kills, locks held, the MLflow store) follow the 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -167,13 +168,18 @@ def _training_with_its_run_open(work: Path) -> subprocess.Popen:
     return proc
 
 
-def test_a_killed_stage_leaves_no_run_running(repo, tmp_path):
+@pytest.mark.parametrize("then", ["compare", "train_sae"])
+def test_a_killed_stage_leaves_no_run_running(repo, tmp_path, then):
     work = clone_repo(repo, tmp_path / "r")
     proc = _training_with_its_run_open(work)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert "RUNNING" in _runs(work)["train_sae@standard-128"]
-    sh(sys.executable, "-m", "stages.compare", cwd=work)  # any later stage closes it
+    if then == "compare":  # any later stage closes it
+        sh(sys.executable, "-m", "stages.compare", cwd=work)
+    else:  # and so does the same stage re-run, which holds that stage's lock itself
+        shutil.copy(repo / "params.yaml", work / "params.yaml")
+        sh(sys.executable, "-m", "stages.train_sae", "standard-128", cwd=work)
     assert "RUNNING" not in _runs(work)["train_sae@standard-128"] and "KILLED" in _runs(work)["train_sae@standard-128"]
 
 
