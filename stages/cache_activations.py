@@ -36,7 +36,7 @@ OUT = Path(storage.LOCAL_STORE)  # the store, or a remote store's manifest
 
 
 def main() -> None:
-    with run_stage("cache_activations", "activations") as s:
+    with run_stage("cache_activations", "activations", also=("model", "compute.precision")) as s:
         p, hook = s.section, s.params.model.hook
         s.input("tokens", "data/tokens.zarr")
         s.input("model", "models/transformer")

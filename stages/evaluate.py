@@ -14,7 +14,7 @@ from stages._stage import run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"evaluate@{arg}", "evaluate", dictionary=arg) as s:
+    with run_stage(f"evaluate@{arg}", "evaluate", also=("compute.precision",), dictionary=arg) as s:
         name, size, p = s.dictionary.name, s.dictionary.size, s.section
         for key, path in (("activations", "data/activations.zarr"), ("model", "models/transformer"),
                            ("sae", f"models/sae/{name}")):

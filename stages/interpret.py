@@ -23,7 +23,7 @@ from stages._stage import require_current, run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"interpret@{arg}", "interpret", also=("sae.dict_sizes",), dictionary=arg) as s:
+    with run_stage(f"interpret@{arg}", "interpret", also=("sae.dict_sizes", "compute.precision"), dictionary=arg) as s:
         p, name, size = s.section, s.dictionary.name, s.dictionary.size
         key = api_key(p.openai) if p.backend == "openai" else None  # fail before any work
         proxies = {proxy.name: detector(proxy) for proxy in p.proxies}

@@ -58,7 +58,7 @@ def read_families(architectures: list[str], root: Path = Path(".")) -> list[dict
 
 
 def main() -> None:
-    with run_stage("report", None) as s:
+    with run_stage("report", None, also=("sae.architectures", "sae.dict_sizes")) as s:
         sae = s.params.sae
         dictionaries = read_dictionaries([(a, size) for a in sae.architectures for size in sorted(sae.dict_sizes)])
         for d in dictionaries:

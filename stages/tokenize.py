@@ -10,7 +10,7 @@ OUT = "data/tokens.zarr"
 
 
 def main() -> None:
-    with run_stage("tokenize", "tokenize") as s:
+    with run_stage("tokenize", "tokenize", also=("tokenizer",)) as s:
         p, sep = s.section, s.params.tokenizer.separator
         s.input("corpus", "data/corpus")
         s.input("tokenizer", "data/tokenizer.json")

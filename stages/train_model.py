@@ -19,7 +19,7 @@ CHECKPOINT = Path("checkpoints/train_model/checkpoint.pt")
 
 
 def main() -> None:
-    with run_stage("train_model", "model") as s:
+    with run_stage("train_model", "model", also=("compute.precision",)) as s:
         p = s.section
         s.input("tokens", "data/tokens.zarr")
         store = read_tokens("data/tokens.zarr")

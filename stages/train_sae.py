@@ -17,7 +17,7 @@ from stages._stage import run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"train_sae@{arg}", "sae.train", also=("sae.{architecture}",), dictionary=arg) as s:
+    with run_stage(f"train_sae@{arg}", "sae.train", also=("sae.{architecture}", "compute.precision"), dictionary=arg) as s:
         d, p = s.dictionary, s.section
         s.input("activations", "data/activations.zarr")
         store = open_store("data/activations.zarr")

@@ -31,7 +31,8 @@ from stages._stage import Stage, run_stage, size_argument
 
 
 def main(arg: str) -> None:
-    with run_stage(f"universality@{arg}", "universality", also=("model", "activations", "sae.train", "sae.standard")) as s:
+    with run_stage(f"universality@{arg}", "universality", also=("model", "activations", "sae.train", "sae.standard",
+                                                                      "compute.precision")) as s:
         u = s.section
         size = s.dict_size(arg, "universality.dict_sizes")
         for name, path in (("tokens", "data/tokens.zarr"), ("activations", "data/activations.zarr"),

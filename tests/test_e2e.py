@@ -18,7 +18,7 @@ import zarr
 
 from monosemantic.model import load_model
 from monosemantic.model.hooks import capture
-from monosemantic.provenance import hash_path
+from monosemantic.provenance import hash_path, read_record
 from tests.conftest import BIN, ENV, clone_repo, set_params, sh
 
 pytestmark = pytest.mark.e2e
@@ -95,6 +95,20 @@ def test_mlflow_runs_and_provenance_agree_with_dvc_lock(repo):
     assert any(m.key == "train_loss" for m in client.get_metric_history(runs["train_model"].info.run_id, "train_loss"))
     corpus_record = json.loads((repo / "data/corpus/provenance.json").read_text())
     assert corpus_record["sources"][0]["python"] and corpus_record["mlflow_run_id"] == runs["corpus"].info.run_id
+
+
+def test_every_record_names_the_params_dvc_tracks_for_its_stage(repo):
+    """The audit judges staleness from the record: a key DVC tracks but the record lacks would pass unnoticed."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    checked = set()
+    for stage, entry in lock.items():
+        tracked = entry["params"]["params.yaml"]
+        for out in entry["outs"]:
+            record = read_record(repo / out["path"])
+            if record is not None:
+                assert record["params"].keys() == tracked.keys(), (stage, out["path"])
+                checked.add(stage)
+    assert set(lock) - checked == {"frontier", *(s for s in lock if s.startswith("evaluate@"))}  # metrics and plots
 
 
 def test_unknown_params_key_stops_repro_and_keeps_outputs(repo, tmp_path):
@@ -294,6 +308,8 @@ def _flip_byte(path: Path) -> None:
          "data/activations.zarr", "changed"),
         (lambda w: _flip_byte(w / "data/tokenizer.json"), "data/tokenizer.json", "changed"),
         (lambda w: set_params(w, lambda r: r["tokenize"].update(seed=7)), "data/tokens.zarr", "stale"),
+        (lambda w: set_params(w, lambda r: r["compute"].update(precision="bf16")),
+         ("models/transformer", "data/activations.zarr", "models/sae/standard-128"), "stale"),  # each torch stage's
     ],
 )
 def test_audit_names_what_changed_after_the_run(repo, tmp_path, edit, culprit, kind):
@@ -301,9 +317,10 @@ def test_audit_names_what_changed_after_the_run(repo, tmp_path, edit, culprit, k
     edit(work)
     code, report = audit_cli("models/sae/standard-128", work)
     assert code == 1 and not report["ok"]
-    found = [p for p in report["problems"] if p["path"] == culprit and p["kind"] == kind]
-    assert found, report["problems"]
-    assert all(p["path"] == culprit for p in report["problems"]), report["problems"]
+    culprits = {culprit} if isinstance(culprit, str) else set(culprit)
+    found = [p for p in report["problems"] if p["path"] in culprits and p["kind"] == kind]
+    assert {p["path"] for p in found} == culprits, report["problems"]
+    assert all(p["path"] in culprits for p in report["problems"]), report["problems"]
     if kind == "changed":
         assert found[0]["expected"] != found[0]["actual"] and found[0]["actual"]
 
