@@ -13,6 +13,7 @@ import yaml
 
 from monosemantic import audit as audit_mod
 from monosemantic.cli import main
+from monosemantic.params import load_params
 from monosemantic.provenance import PROVENANCE_FILE, hash_path, write_record
 from tests.conftest import ROOT
 
@@ -155,12 +156,32 @@ def test_an_artifact_dvc_lock_does_not_list_is_unverifiable(ws, capsys):
 @pytest.mark.parametrize("sizes, verdict", [([128, 256], 0), ([128, 512], 1)])
 def test_a_params_key_recorded_beside_the_sections_is_checked_like_them(ws, capsys, sizes, verdict):
     """A stage that reads one key of another section (interpret: sae.dict_sizes) records its value, a list."""
-    edit_record(ws / SAE, lambda r: r["params"].update({"sae.dict_sizes": sizes, "compare": {"top_families": 10}}))
+    compare = load_params(ws / "params.yaml").model_dump(mode="json")["compare"]
+    edit_record(ws / SAE, lambda r: r["params"].update({"sae.dict_sizes": sizes, "compare": compare}))
     write_lock(ws, "data/acts", SAE)
     code, out, _ = run(ws / SAE, capsys, "--json")
     stale = [(p["detail"], p["expected"], p["actual"]) for p in json.loads(out)["problems"]]
     assert code == verdict and stale == ([] if verdict == 0 else [
         ("params.yaml sae.dict_sizes changed since it was made", "[128, 512]", "[128, 256]")])
+
+
+@pytest.mark.parametrize("append, verdict", [(False, 0), (True, 1)])
+def test_a_list_item_added_to_params_yaml_is_stale_and_a_schema_default_is_not(ws, capsys, append, verdict):
+    """A source appended to corpus.sources changes the corpus as DVC sees it; defaults params.yaml omits do not."""
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    recorded = load_params(ws / "params.yaml").model_dump(mode="json")["corpus"]
+    recorded.pop("seed")  # a field the schema gained after the record was made, left at its default
+    params["corpus"].pop("seed")
+    if append:
+        params["corpus"]["sources"].append({"kind": "synthetic", "domains": ["hex"], "weight": 5})
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    edit_record(ws / SAE, lambda r: r["params"].update({"corpus": recorded}))
+    write_lock(ws, "data/acts", SAE)
+    code, out, _ = run(ws / SAE, capsys, "--json")
+    stale = {(p["detail"], p["expected"]) for p in json.loads(out)["problems"]}
+    n = len(recorded["sources"])
+    assert code == verdict and stale == (set() if not append else {
+        (f"params.yaml corpus.sources.{n}.{key} was added since it was made", None) for key in ("kind", "domains", "weight")})
 
 
 # ---------------------------------------------------------------- files-source inputs of the corpus

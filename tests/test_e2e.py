@@ -132,7 +132,10 @@ def test_unknown_params_key_stops_repro_and_keeps_outputs(repo, tmp_path):
         ("corpus", lambda r, d: r["corpus"].update(files_root=str(d), sources=[{"kind": "files", "paths": [f"{d}/blank.txt"]}]),
          "corpus is empty"),
         ("tokenize", lambda r, d: r["tokenize"].update(ctx=1), "tokenize.ctx: got 1"),
-        ("tokenize", lambda r, d: r["tokenize"].update(ctx=60000), "shorter than one context"),
+        ("tokenize", lambda r, d: (r["tokenize"].update(ctx=60000),  # every budget holds a context; the corpus not
+                                   r["activations"].update(max_train_tokens=60000, max_eval_tokens=60000),
+                                   r["evaluate"].update(max_tokens=60000), r["interpret"].update(max_tokens=60000)),
+         "shorter than one context"),
     ],
 )
 def test_bad_inputs_fail_clearly_and_keep_outputs(repo, tmp_path, stage, mutate, message):

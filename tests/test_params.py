@@ -1,4 +1,7 @@
 
+import re
+import typing
+
 import pytest
 import yaml
 
@@ -245,3 +248,205 @@ def test_estimates_count_the_stored_and_the_read_item_size(tmp_path):
     (s16, w16), (sbf, wbf), (s32, w32) = sizes("float16"), sizes("bfloat16"), sizes("float32")
     assert sbf == s16 and s32 > 1.9 * s16  # the acts dominate the shards (4096 wide)
     assert wbf == w32 == 2 * w16
+
+
+# ---------------------------------------------------------------- keys DVC reads by name
+def dvc_yaml_names() -> tuple[set[str], set[str]]:
+    """The params keys dvc.yaml names (`params:` lists, `${...}`; "sae.${item.arch}" as each architecture),
+    and the top directory of every path its stages write."""
+    from monosemantic.params import Architecture
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    keys, outputs = set(), set()
+
+    def strings(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from strings(k)
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    for stage in dvc["stages"].values():
+        body = stage.get("do", stage)
+        for key in body.get("params", []):
+            keys.update(key.replace("${item.arch}", arch) for arch in typing.get_args(Architecture))
+        for kind in ("outs", "metrics", "plots"):
+            outputs.update(next(iter(out)) if isinstance(out, dict) else out for out in body.get(kind, []))
+    for text in strings(dvc["stages"]):
+        keys.update(name for name in re.findall(r"\$\{([^}]+)\}", text) if not name.startswith("item"))
+    return keys, {out.split("/")[0] for out in outputs}
+
+
+def test_dvc_tracked_keys_cover_every_key_dvc_yaml_names():
+    """DVC fails mid-pipeline on a key it tracks that params.yaml omits: load_params must know them all."""
+    from monosemantic.params import DVC_TRACKED_KEYS, Architecture, Params
+
+    keys, _ = dvc_yaml_names()
+    assert {"compute.precision", "corpus.files_root", "sae.jumprelu", "universality.dict_sizes"} <= keys  # parsed
+    tracked = {key.format(arch=arch) for key in DVC_TRACKED_KEYS for arch in typing.get_args(Architecture)}
+    sections = {key for key in keys if "." not in key}
+    assert all(Params.model_fields[s].is_required() for s in sections)  # a section is never left to a default
+    assert keys - sections <= tracked, keys - sections - tracked
+
+
+def test_pipeline_outputs_cover_every_directory_dvc_yaml_writes():
+    from monosemantic.params import PIPELINE_OUTPUTS
+
+    _, outputs = dvc_yaml_names()
+    assert outputs and outputs <= set(PIPELINE_OUTPUTS), outputs - set(PIPELINE_OUTPUTS)
+
+
+@pytest.mark.parametrize("mutate, missing, defaults", [
+    (lambda r: r["compute"].pop("precision"), "compute.precision: DVC tracks it", "default: compute.precision: fp32)"),
+    (lambda r: r["corpus"].pop("files_root"), "corpus.files_root: DVC tracks it", "corpus.files_root: texts"),
+    (lambda r: r["universality"].pop("dict_sizes"), "universality.dict_sizes:", "universality.dict_sizes: []"),
+    (lambda r: r["sae"].pop("architectures"), "sae.architectures:", "sae.architectures: [standard]"),
+    (lambda r: r["sae"].pop("topk"), "sae.topk:", "sae.topk: {lr: null, k: 32, aux_k: null, aux_coefficient: 0.03125}"),
+    (lambda r: r["sae"]["architectures"].append("jumprelu"), "sae.jumprelu:",
+     "sae.jumprelu: {lr: null, l0_coefficient: 0.001, bandwidth: 0.001, threshold_init: 0.001}"),
+    (lambda r: (r["compute"].pop("precision"), r["sae"]["architectures"].append("jumprelu")),
+     "is missing compute.precision, sae.jumprelu: DVC tracks these by name (dvc.yaml), so write them out",
+     "defaults: compute.precision: fp32; sae.jumprelu: {"),
+])
+def test_a_key_dvc_tracks_must_be_written_out_though_the_schema_has_a_default(tmp_path, mutate, missing, defaults):
+    """Was: loaded with the default, then `dvc repro` failed "Parameters 'compute.precision' are missing"
+    after earlier stages had run, or "Could not find 'corpus.files_root'" with no fix named."""
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, mutate)).value)
+    assert msg.startswith(f"{tmp_path / 'params.yaml'} is missing ") and missing in msg and defaults in msg, msg
+
+
+def test_a_key_dvc_tracks_is_listed_beside_the_other_problems(tmp_path):
+    def both(r):
+        r["compute"].pop("precision")
+        r["model"]["lr"] = "fast"
+
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, both)).value)
+    assert "invalid (2 problem(s))" in msg and "model.lr: got 'fast'" in msg
+    assert ("compute.precision: required key is missing: dvc.yaml tracks it by name, so write it out "
+            "(default: fp32)") in msg
+
+
+def test_an_unlisted_architecture_may_be_left_to_its_defaults(tmp_path):
+    def standard_only(r):
+        r["sae"]["architectures"] = ["standard"]
+        del r["sae"]["topk"]
+
+    assert load_params(write(tmp_path, standard_only)).sae.topk.k == 32
+
+
+# ---------------------------------------------------------------- seeds
+SEEDS = ["corpus", "tokenize", "model", "sae.train", "evaluate", "universality", "interpret"]
+
+
+def set_seed(raw: dict, section: str, seed) -> None:
+    node = raw
+    for part in section.split("."):
+        node = node[part]
+    node["seed"] = seed
+
+
+@pytest.mark.parametrize("section", SEEDS)
+@pytest.mark.parametrize("seed, expected", [
+    (-1, "Input should be greater than or equal to 0"),   # was: numpy "expected non-negative integer"
+    (2**64, "Input should be less than 9223372036854775808"),  # was: torch "Overflow when unpacking long long"
+    (2**63, "Input should be less than 9223372036854775808"),
+])
+def test_every_seed_is_one_numpy_and_torch_accept(tmp_path, section, seed, expected):
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, lambda r: set_seed(r, section, seed))).value)
+    assert f"{section}.seed: got {seed}; {expected}" in msg, msg
+
+
+@pytest.mark.parametrize("section", SEEDS)
+def test_the_largest_seed_is_accepted(tmp_path, section):
+    params = load_params(write(tmp_path, lambda r: set_seed(r, section, 2**63 - 1)))
+    node = params
+    for part in section.split("."):
+        node = getattr(node, part)
+    assert node.seed == 2**63 - 1
+
+
+# ---------------------------------------------------------------- the directory DVC watches
+@pytest.mark.parametrize("root, expected", [
+    (".", "is the project root, which holds .dvcignore"),           # was: ".dvcignore file should not be in ..."
+    ("./", "is the project root"),
+    ("texts/..", "is the project root"),
+    ("data", "is data/, where the pipeline writes its outputs"),   # was: "Same item(s) are defined as both ..."
+    ("data/texts", "lies in data/"),
+    ("models/texts", "lies in models/"),
+    ("reports", "is reports/"),
+    ("metrics/x", "lies in metrics/"),
+    ("plots", "is plots/"),
+    ("texts/../data/x", "lies in data/"),
+])
+def test_files_root_may_not_be_the_project_root_or_hold_or_lie_in_outputs(tmp_path, root, expected):
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, lambda r: r["corpus"].update(files_root=root)))
+              .value)
+    assert f"corpus.files_root: got {root!r}; {expected}" in msg and "such as texts" in msg, msg
+
+
+def test_an_absolute_files_root_is_checked_against_the_project_root(tmp_path):
+    """The project root is params.yaml's directory: here tmp_path."""
+    def root(path):
+        return write(tmp_path, lambda r: r["corpus"].update(files_root=str(path)))
+
+    assert "is the project root" in str(pytest.raises(ParamsError, load_params, root(tmp_path)).value)
+    assert "lies in data/" in str(pytest.raises(ParamsError, load_params, root(tmp_path / "data/texts")).value)
+    assert load_params(root(tmp_path / "texts")).corpus.files_root == str(tmp_path / "texts")
+
+
+@pytest.mark.parametrize("root", ["texts", "texts/pile", "database", "my_data/x", "../shared/texts", "/srv/texts"])
+def test_files_root_of_its_own_is_accepted_whether_or_not_it_exists(tmp_path, root):
+    assert load_params(write(tmp_path, lambda r: r["corpus"].update(files_root=root))).corpus.files_root == root
+
+
+# ---------------------------------------------------------------- resources, when only reading
+def test_the_memory_check_can_be_skipped_to_read_a_workspace(tmp_path, machine):
+    """`monosemantic audit` on a machine smaller than the training one: was "asks for more memory"."""
+    from monosemantic.audit import _read_params
+
+    def huge(r):
+        r["sae"]["dict_sizes"] = [128, 1_000_000]
+        r["sae"]["train"]["batch_size"] = 8192
+
+    path = write(tmp_path, huge)
+    assert "more memory than this machine has" in str(pytest.raises(ParamsError, load_params, path).value)
+    assert load_params(path, check_resources=False).sae.dict_sizes == [128, 1_000_000]
+    assert _read_params(path)["sae"]["dict_sizes"] == [128, 1_000_000]
+
+
+# ---------------------------------------------------------------- across sections
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["activations"].update(max_train_tokens=16),
+     ("activations.max_train_tokens=16 is less than one context of tokenize.ctx=32 tokens, so its stage would read "
+      "nothing: raise it to at least 32, or lower tokenize.ctx")),
+    (lambda r: r["activations"].update(max_eval_tokens=31), "activations.max_eval_tokens=31 is less than one context"),
+    (lambda r: r["evaluate"].update(max_tokens=8), "evaluate.max_tokens=8 is less than one context"),
+    (lambda r: r["interpret"].update(max_tokens=8), "interpret.max_tokens=8 is less than one context"),
+    (lambda r: r["universality"].update(dict_sizes=[128], max_tokens=8), "universality.max_tokens=8 is less than"),
+    (lambda r: r["tokenize"].update(ctx=10_000),
+     ("activations.max_eval_tokens=8000, evaluate.max_tokens=8000 are less than one context of tokenize.ctx=10000 "
+      "tokens, so their stages would read nothing: raise them to at least 10000")),
+    (lambda r: r["activations"].update(max_train_tokens=500),  # 15 contexts of 32: 480 activations
+     ("sae.train.batch_size=512 is more than the 480 training activations activations.max_train_tokens=500 caches "
+      "(whole contexts of tokenize.ctx=32), so train_sae could not fill one batch: raise activations.max_train_tokens "
+      "to at least 512, or lower sae.train.batch_size")),
+    (lambda r: r["sae"]["train"].update(batch_size=40_001, reader_lanes=1), "sae.train.batch_size=40001 is more than"),
+])
+def test_budgets_too_small_for_a_context_or_a_batch_fail_before_work(tmp_path, mutate, expected):
+    """Was: cache_activations, evaluate, interpret, universality or train_sae failed after the stages before it ran."""
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, mutate)).value)
+    assert expected in msg, msg
+
+
+def test_budgets_of_whole_contexts_and_batches_are_enough(tmp_path):
+    def exact(r):
+        r["activations"].update(max_train_tokens=512, max_eval_tokens=32)
+        r["evaluate"]["max_tokens"] = r["interpret"]["max_tokens"] = 32
+        r["universality"]["max_tokens"] = 8  # unused while universality.dict_sizes is []
+
+    params = load_params(write(tmp_path, exact))
+    assert params.sae.train.batch_size == params.activations.max_train_tokens == 512

@@ -99,6 +99,7 @@ class Workspace:
         self.root = root
         self.lock_md5 = _read_lock(root / "dvc.lock")
         self.params = _read_params(root / "params.yaml")
+        self.written = _written_keys(root / "params.yaml") if self.params is not None else set()
         # Paths today's params.yaml names (tokenizer.path, ...): the user's own files, which may be anywhere.
         self.declared = {os.path.normpath(v) for v in flatten(self.params or {}).values() if isinstance(v, str)}
         self.modified = self._dvc_modified()
@@ -153,12 +154,21 @@ def _read_lock(path: Path) -> dict[str, str]:
 
 
 def _read_params(path: Path) -> dict[str, Any] | None:
-    """Today's params, with the schema's defaults filled in, to compare like with like."""
+    """Today's params, with the schema's defaults filled in, to compare like with like. Without the memory
+    check: auditing reads a workspace, so a machine smaller than the one that trained it must do."""
     if not path.exists():
         return None
     from monosemantic.params import load_params
 
-    return load_params(path).model_dump(mode="json")
+    return load_params(path, check_resources=False).model_dump(mode="json")
+
+
+def _written_keys(path: Path) -> set[str]:
+    """The flattened keys params.yaml spells out, as DVC compares them; a schema default it omits is not a change."""
+    try:
+        return set(flatten(yaml.safe_load(path.read_text()) or {}))
+    except (OSError, yaml.YAMLError):
+        return set()
 
 
 def _hash(path: Path) -> str | None:
@@ -382,12 +392,17 @@ def _check_params(ws: Workspace, rel: str, record: dict, report: Report) -> None
                                                json.dumps(used), json.dumps(now)))
             continue
         now = flatten(now) if isinstance(now, dict) else {}
-        for key, value in flatten(used).items():
+        used = flatten(used)
+        for key, value in used.items():
             if now.get(key) != value:
                 report.problems.append(Problem(
                     rel, "stale", f"params.yaml {section}.{key} changed since it was made",
                     json.dumps(value), json.dumps(now.get(key)),
                 ))
+        added = [k for k in now.keys() - used.keys() if f"{section}.{k}" in ws.written]  # an item appended to a list
+        for key in sorted(added):
+            report.problems.append(Problem(rel, "stale", f"params.yaml {section}.{key} was added since it was made",
+                                           None, json.dumps(now[key])))
 
 
 def _audit_detached(target: Path, record: dict, report: Report) -> Report:

@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictInt, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 from monosemantic import storage
@@ -26,8 +27,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# [0, 2**63) is what numpy's and torch's generators both accept: another seed would fail only once a stage runs.
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+
+
 # ---------------------------------------------------------------- corpus
 _GLOB_MAGIC = re.compile(r"[*?[]")
+# The directories dvc.yaml's stages write (outs, metrics, plots); tests/test_params.py checks it against dvc.yaml.
+PIPELINE_OUTPUTS = ("data", "models", "reports", "metrics", "plots")
 
 
 class BuiltinSource(_Section):
@@ -78,7 +85,7 @@ Source = Annotated[
 class CorpusParams(_Section):
     sources: list[Source] = Field(min_length=1)
     max_chars: int = Field(gt=0, description="total size cap, shared by sources in proportion to weight")
-    seed: int = 0
+    seed: Seed = 0
     shard_docs: int = Field(5000, gt=0, description="documents per parquet shard")
     files_root: str = Field(
         "texts", min_length=1,
@@ -88,12 +95,22 @@ class CorpusParams(_Section):
 
     @field_validator("files_root")
     @classmethod
-    def _trackable_root(cls, root: str) -> str:
+    def _trackable_root(cls, root: str, info: ValidationInfo) -> str:
         # DVC reads this path from params.yaml as written: it expands no '~' and no glob.
         if root.startswith("~"):
             raise ValueError(f"DVC does not expand '~': write the absolute path, {os.path.expanduser(root)!r}")
         if _GLOB_MAGIC.search(root) or not root.strip("/"):
             raise ValueError("must be one directory (no wildcards, not '/'): the parent of every files source")
+        # A dependency DVC cannot collect: the root holds .dvcignore, and a dependency may not be an output.
+        where = _in_project(root, (info.context or {}).get("project"))
+        if where == ".":
+            raise ValueError("is the project root, which holds .dvcignore and the pipeline's outputs, so every dvc "
+                             "command would fail: use a directory of its own, such as texts")
+        top = where.split(os.sep)[0] if where is not None else None
+        if top in PIPELINE_OUTPUTS:
+            raise ValueError(f"{'is' if where == top else 'lies in'} {top}/, where the pipeline writes its outputs, "
+                             "and DVC refuses a path that is both a dependency and an output: use a directory of its "
+                             f"own outside {', '.join(d + '/' for d in PIPELINE_OUTPUTS)}, such as texts")
         return root
 
     @model_validator(mode="after")
@@ -113,6 +130,16 @@ class CorpusParams(_Section):
                 f"{os.path.commonpath(list(bases.values()))} (a directory holding every files source), or move "
                 "the files under it")
         return self
+
+
+def _in_project(root: str, project: str | None) -> str | None:
+    """`root` relative to the project root; None if it lies outside, or is absolute and the root unknown."""
+    if os.path.isabs(root):
+        if project is None:
+            return None
+        root = os.path.relpath(os.path.realpath(root), os.path.realpath(project))
+    root = os.path.normpath(root)
+    return None if root == os.pardir or root.startswith(os.pardir + os.sep) else root
 
 
 def _glob_root(pattern: str) -> str:
@@ -140,7 +167,7 @@ class TokenizerParams(_Section):
 class TokenizeParams(_Section):
     ctx: int = Field(128, ge=2, le=65536)
     eval_fraction: float = Field(0.05, gt=0, lt=1)
-    seed: int = 0
+    seed: Seed = 0
 
 
 # ---------------------------------------------------------------- model
@@ -164,7 +191,7 @@ class ModelParams(_Section):
     eval_tokens: int = Field(200_000, gt=0)
     log_every: int = Field(20, ge=1)
     checkpoint_every: int = Field(200, ge=1)
-    seed: int = 0
+    seed: Seed = 0
     hf: HFModelParams | None = None
 
     @model_validator(mode="after")
@@ -248,7 +275,7 @@ class SAETrainParams(_Section):
                               "the number of processes divides the reading among them (1: every rank reads all)")
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
-    seed: int = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _lanes(self):
@@ -379,7 +406,7 @@ class EvaluateParams(_Section):
     ultralow_density: float = Field(1e-6, gt=0, lt=1, description="paper: 1e-6; raised to 1/n_eval_tokens if finer")
     dense_density: float = Field(0.1, gt=0, le=1)
     histogram_bins: int = Field(40, ge=2, le=1000)
-    seed: int = 0
+    seed: Seed = 0
 
 
 class CompareParams(_Section):
@@ -394,7 +421,7 @@ class UniversalityParams(_Section):
 
     dict_sizes: list[DictSize] = Field(
         default_factory=list, max_length=1, description="[] turns the analysis off; [1024] runs it at that size")
-    seed: int = Field(1, description="the second model's seed (model.seed is the first's)")
+    seed: Seed = Field(1, description="the second model's seed (model.seed is the first's)")
     max_tokens: int = Field(50_000, gt=0, description="shared held-out tokens the activations are correlated on")
 
 
@@ -495,7 +522,7 @@ class InterpretParams(_Section):
     allow_callables: bool = Field(False, description="let `callable` proxies import and run their code on corpus "
                                                      "text; off, only regex proxies are accepted")
     bootstrap: int = Field(2000, ge=100)
-    seed: int = Field(0, ge=0, lt=2**63, description="seeds the sample, the examples and the scoring order")
+    seed: Seed = Field(0, description="seeds the sample, the examples and the scoring order")
 
     @model_validator(mode="after")
     def _checks(self):
@@ -513,7 +540,10 @@ class InterpretParams(_Section):
 # ---------------------------------------------------------------- where torch computes
 class ComputeParams(_Section):
     """Device, precision and processes for every torch stage. Results do not depend on the device or
-    the number of processes beyond floating-point order, so only `precision` is a DVC dependency."""
+    the number of processes beyond floating-point order, so only `precision` is a DVC dependency.
+    The exception: TopK's AuxK and BatchTopK's (and Matryoshka's) batch-wide selection work on each
+    rank's share of the batch (their modules say so), so those dictionaries change with the number of
+    processes by more than rounding, and DVC does not retrain them for it."""
 
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps; "
@@ -528,6 +558,13 @@ class ComputeParams(_Section):
                                description="host:port of the first node, where every node's torchrun meets")
     timeout_s: float = Field(600, gt=0, description="a collective waiting longer than this (a rank died "
                                                     "elsewhere) ends the stage with an error")
+
+
+# Keys inside a section that dvc.yaml names (`params:` lists, `${...}`): DVC reads them from params.yaml as
+# written, not with the schema's defaults, so each must be written out too. "sae.{arch}" is each of
+# sae.architectures (train_sae's "sae.${item.arch}"). tests/test_params.py checks this against dvc.yaml.
+DVC_TRACKED_KEYS = ("compute.precision", "corpus.files_root", "sae.dict_sizes", "sae.architectures", "sae.train",
+                    "sae.standard", "sae.{arch}", "universality.dict_sizes")
 
 
 class Params(_Section):
@@ -566,12 +603,38 @@ class Params(_Section):
                              "would be the first; choose another seed")
         return self
 
+    @model_validator(mode="after")
+    def _token_budgets(self):
+        """Every stage reads whole contexts of tokenize.ctx: a budget below one reads nothing, and fails that stage."""
+        ctx = self.tokenize.ctx
+        budgets = {"activations.max_train_tokens": self.activations.max_train_tokens,
+                   "activations.max_eval_tokens": self.activations.max_eval_tokens,
+                   "evaluate.max_tokens": self.evaluate.max_tokens, "interpret.max_tokens": self.interpret.max_tokens}
+        if self.universality.dict_sizes:  # its stage exists only then
+            budgets["universality.max_tokens"] = self.universality.max_tokens
+        short = [f"{key}={n}" for key, n in budgets.items() if n < ctx]
+        if short:
+            one = len(short) == 1
+            raise ValueError(f"{', '.join(short)} {'is' if one else 'are'} less than one context of tokenize.ctx={ctx} "
+                             f"tokens, so {'its stage' if one else 'their stages'} would read nothing: raise "
+                             f"{'it' if one else 'them'} to at least {ctx}, or lower tokenize.ctx")
+        batch, cached = self.sae.train.batch_size, self.activations.max_train_tokens // ctx * ctx
+        if batch > cached:
+            raise ValueError(f"sae.train.batch_size={batch} is more than the {cached} training activations "
+                             f"activations.max_train_tokens={self.activations.max_train_tokens} caches (whole contexts "
+                             f"of tokenize.ctx={ctx}), so train_sae could not fill one batch: raise "
+                             f"activations.max_train_tokens to at least {-(-batch // ctx) * ctx}, or lower "
+                             "sae.train.batch_size")
+        return self
+
 
 class ParamsError(UserError):
     pass
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
+def load_params(path: str | Path = "params.yaml", *, check_resources: bool = True) -> Params:
+    """The validated params. check_resources=False skips the memory check: for reading a workspace
+    (monosemantic audit) on a machine other than the one that runs it."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path} not found: run from the project root, or copy params.yaml there")
@@ -579,12 +642,23 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ParamsError(f"{path} is not valid YAML: {e}") from None
+    unwritten = _unwritten(raw)
     try:
-        params = Params.model_validate(raw)
+        params = Params.model_validate(raw, context={"project": str(path.parent)})
     except ValidationError as e:
-        lines = "\n".join(f"  - {_describe(err)}" for err in e.errors())
-        raise ParamsError(f"{path} is invalid ({e.error_count()} problem(s)):\n{lines}") from None
-    if params.model.source == "builtin":  # the activation width is known; an hf model's, once loaded
+        problems = [_describe(err) for err in e.errors()] + [
+            f"{key}: required key is missing: dvc.yaml tracks it by name, so write it out (default: "
+            f"{_flow(_schema_default(key))})" for key in unwritten]
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        raise ParamsError(f"{path} is invalid ({len(problems)} problem(s)):\n{lines}") from None
+    if unwritten:  # DVC reads these from the file itself: left to the schema's default, it fails mid-pipeline
+        one = len(unwritten) == 1
+        defaults = "; ".join(f"{key}: {_flow(_schema_default(key))}" for key in unwritten)
+        raise ParamsError(f"{path} is missing {', '.join(unwritten)}: DVC tracks {'it' if one else 'these'} by "
+                          f"name (dvc.yaml), so write {'it' if one else 'them'} out (default{'' if one else 's'}: "
+                          f"{defaults})")
+    # The activation width is known; an hf model's, once loaded.
+    if check_resources and params.model.source == "builtin":
         from monosemantic.resources import check_memory
 
         try:
@@ -592,6 +666,44 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         except ParamsError as e:
             raise ParamsError(f"{path} asks for more memory than this machine has: {e}") from None
     return params
+
+
+def _unwritten(raw: Any) -> list[str]:
+    """The DVC_TRACKED_KEYS params.yaml leaves to a schema default: DVC would fail on each mid-pipeline."""
+    if not isinstance(raw, dict):
+        return []
+    sae = raw.get("sae") if isinstance(raw.get("sae"), dict) else {}
+    archs = sae.get("architectures", SAEParams.model_fields["architectures"].default)
+    archs = [a for a in archs if a in typing.get_args(Architecture)] if isinstance(archs, list) else []
+    keys = dict.fromkeys(key.format(arch=a) for key in DVC_TRACKED_KEYS for a in (archs if "{arch}" in key else [""]))
+    missing = []
+    for key in keys:
+        *sections, last = key.split(".")
+        node = raw
+        for section in sections:  # an absent or empty section misses the key too; another type is pydantic's
+            node = node.get(section) if isinstance(node, dict) else node
+            node = {} if node is None else node
+        if isinstance(node, dict) and last not in node and not _schema_field(key).is_required():
+            missing.append(key)  # a required key's absence pydantic reports
+    return missing
+
+
+def _schema_field(key: str):
+    *sections, last = key.split(".")
+    model = Params
+    for section in sections:
+        model = _model_under(model, section)
+    return model.model_fields[last]
+
+
+def _schema_default(key: str) -> Any:
+    value = _schema_field(key).get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+def _flow(value: Any) -> str:
+    """`value` as one line of YAML, to paste into params.yaml."""
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=1 << 16).removesuffix("...\n").strip()
 
 
 _SOURCE_KINDS = {
