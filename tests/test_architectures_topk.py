@@ -5,6 +5,7 @@ SAELens export and BatchTopK's resume."""
 import copy
 import functools
 import json
+import os
 
 import pytest
 import torch
@@ -218,3 +219,50 @@ def test_killed_batchtopk_training_resumes_to_identical_weights_and_threshold(tm
     assert any(row["penalty"] > 0 for row in clean_state.history[8:])  # AuxK ran in the resumed part
     timeless = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_second"} for r in rows]
     assert timeless(state.history) == timeless(clean_state.history)
+
+
+# ---------------------------------------------------------------- BatchTopK over ranks
+def _spread_run(rank: int, world: int, port: int, arch: str, out: str) -> None:
+    """One rank of a gloo group on 127.0.0.1 (rank -1: one process alone): 12 steps of `arch` on its share
+    of each global batch of 63 rows (31 and 32 on two ranks); saves the weights and θ."""
+    from monosemantic.compute import Compute
+
+    torch.set_num_threads(1)
+    if rank >= 0:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    compute = Compute(rank=max(rank, 0), world_size=world if rank >= 0 else 1)
+    data = SparseWorld(seed=3)
+    batches = data.batches(63)
+
+    def share(position):
+        for rows in batches(position):
+            yield rows[compute.part(len(rows))]
+
+    torch.manual_seed(0)
+    sae = build(arch, data.d, 48, {"k": 3, "aux_k": 5})
+    train_sae(sae, share, data.sample, TrainConfig(steps=12, lr=1e-2, batch_size=63, l1_warmup_steps=4,
+                                                   log_every=100), compute=compute)
+    if compute.is_main:
+        torch.save(sae.state_dict(), out)
+    if rank >= 0:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
+def test_two_ranks_select_the_global_batch_top_k_as_one_process_does(tmp_path, arch):
+    """Each rank holds part of the batch; the k·B largest are the whole batch's, not k·B_rank of each part
+    (per-rank selection moved the weights by ~2 lr after one step), and θ follows the same minima."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _spread_run(-1, 1, 0, arch, str(tmp_path / "one.pt"))
+    mp.spawn(_spread_run, args=(2, port, arch, str(tmp_path / "two.pt")), nprocs=2, join=True)
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one["threshold"] > 0 and int(two["threshold_batches"]) == 12
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=name)

@@ -108,6 +108,14 @@ class Compute:
             torch.distributed.all_reduce(t)
         return t
 
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's `t` (the same shape on each), stacked in rank order: [world_size, *t.shape]."""
+        if not self.distributed:
+            return t[None]
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        torch.distributed.all_gather(out, t.contiguous())
+        return torch.stack(out)
+
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Rank `src`'s values everywhere: a decision made once (resampling) reaches every rank."""
         if self.distributed:

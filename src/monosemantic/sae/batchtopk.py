@@ -11,12 +11,11 @@ estimated during training from the smallest activation kept in each batch: its r
 for the first 1/(1 − threshold_beta) batches, an exponential moving average with factor
 threshold_beta after. θ is a buffer, so checkpoints and the trainer's broadcast carry it; the
 dictionary exports to SAELens as "jumprelu" with every feature's threshold at θ (as SAELens
-exports its BatchTopK). Initialisation, decoder constraint and AuxK are TopK's.
+exports its BatchTopK). Initialisation, decoder constraint and AuxK are TopK's. Under data
+parallelism the batch is the global one: each rank offers its share's k·B largest and every rank
+keeps its entries among the global k·B largest (`spread_batch_top_k`), as one process would.
 
 Differences from the paper:
-- Data parallelism: each rank keeps the top k·B_rank of its own share of the batch (not of the
-  global batch), and θ's per-batch value is the mean over the ranks of their smallest kept
-  activation. With one process both are the paper's.
 - The paper states θ as the average of the per-batch minima; here a running mean turning into
   an EMA, so that θ follows the encoder as it trains (SAELens: an EMA from 0, biased low early).
 - Loss normalisation, initialisation (b_dec at the geometric median) and AuxK follow Gao et al.
@@ -30,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from monosemantic.compute import Compute
 from monosemantic.sae.model import Output
 from monosemantic.sae.topk import TopK
 
@@ -40,23 +40,46 @@ def batch_top_k(pre: torch.Tensor, k: int, floor: float = 0.0) -> torch.Tensor:
     `floor` only changes the speed: when at least k · len(pre) entries exceed it, the largest are
     among them, and only they are searched. The trainer passes θ/2: θ follows each batch's smallest
     kept activation, so most batches keep well above it."""
-    n = k * len(pre)
+    return _scatter(pre, *_largest(pre, k * len(pre), k, floor))
+
+
+def spread_batch_top_k(pre: torch.Tensor, n: int, k: int, floor: float, compute: Compute
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_top_k` of a global batch whose rows are spread over the ranks, `pre` being this rank's
+    share: ReLU of the entries among the n largest of all the ranks' (n = k · the global batch size),
+    and the smallest activation kept anywhere (inf if none), the same on every rank. Each rank offers
+    its own n largest (no rank can hold more of the global n), so the selection is one process's, at
+    the cost of gathering n values from each rank."""
+    flat, values = _largest(pre, min(n, pre.numel()), k, floor)
+    offered = torch.full((n + 1,), -torch.inf, dtype=values.dtype, device=values.device)
+    offered[: len(values)] = values.detach()
+    offered[n] = torch.where(values > 0, values.detach(), torch.inf).amin()  # kept here if fewer than n are > 0
+    everyone = compute.gather(offered)
+    cut = everyone[:, :n].flatten().topk(n, sorted=False).values.amin()
+    smallest = torch.where(cut > 0, cut, everyone[:, n].amin())
+    return _scatter(pre, flat, torch.where(values >= cut, values, 0)), smallest
+
+
+def _largest(pre: torch.Tensor, n: int, k: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat indices, values) of the n largest entries of `pre`, most of whose rows keep about k."""
     if floor > 0:
         candidates = (pre.flatten() > floor).nonzero().squeeze(1)
         if n <= len(candidates) <= 16 * n:
             values, picked = pre.flatten()[candidates].topk(n, sorted=False)
-            return _scatter(pre, candidates[picked], values)
+            return candidates[picked], values
     # Else (2-3x faster than a top-k over the whole batch on CPU): the batch's n largest lie among
     # each row's `width` largest, unless some row has all of its candidates among them and so
     # perhaps more; then select among all.
     width = min(pre.shape[1], 4 * k)
+    if n > len(pre) * width:  # more than the rows' candidates hold: all of them
+        values, flat = pre.flatten().topk(n, sorted=False)
+        return flat, values
     row_values, row_indices = pre.topk(width, dim=1, sorted=False)
     values, picked = row_values.flatten().topk(n, sorted=False)
     if width < pre.shape[1] and bool((row_values.amin(1) >= values.min()).any()):
         values, flat = pre.flatten().topk(n, sorted=False)
-    else:
-        flat = picked // width * pre.shape[1] + row_indices.flatten()[picked]
-    return _scatter(pre, flat, values)
+        return flat, values
+    return picked // width * pre.shape[1] + row_indices.flatten()[picked], values
 
 
 def _scatter(pre: torch.Tensor, flat: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -72,12 +95,22 @@ class BatchTopK(TopK):
         self.threshold_beta = threshold_beta
         self.register_buffer("threshold", torch.zeros(()))  # θ, inference's JumpReLU threshold
         self.register_buffer("threshold_batches", torch.zeros((), dtype=torch.long))  # batches θ has seen
+        self.spread: tuple[Compute, int] | None = None  # (the ranks, the global batch size) under data parallelism
+        self.smallest: torch.Tensor | None = None  # the last spread selection's smallest kept activation
 
     def options(self) -> dict:
         return {**super().options(), "threshold_beta": self.threshold_beta}
 
+    def share_batches(self, compute: Compute | None, batch_size: int = 0) -> None:
+        self.spread = (compute, batch_size) if compute is not None and compute.distributed else None
+        self.smallest = None
+
     def activation(self, pre: torch.Tensor) -> torch.Tensor:
-        return batch_top_k(pre, self.k, floor=float(self.threshold) / 2)
+        if self.spread is None:
+            return batch_top_k(pre, self.k, floor=float(self.threshold) / 2)
+        compute, batch_size = self.spread
+        f, self.smallest = spread_batch_top_k(pre, self.k * batch_size, self.k, float(self.threshold) / 2, compute)
+        return f
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = (x - self.b_dec) @ self.W_enc + self.b_enc
@@ -89,8 +122,10 @@ class BatchTopK(TopK):
 
     @torch.no_grad()
     def smallest_kept(self, f: torch.Tensor) -> torch.Tensor:
-        """This batch's estimate of θ: its smallest nonzero activation (θ itself if none fired)."""
-        smallest = torch.where(f > 0, f, torch.inf).amin().float()
+        """This batch's estimate of θ: its smallest nonzero activation (θ itself if none fired); spread over
+        the ranks, the global batch's, which every rank has (so the ranks' average is it)."""
+        spread = self.spread is not None and self.smallest is not None
+        smallest = self.smallest.float() if spread else torch.where(f > 0, f, torch.inf).amin().float()
         return torch.where(torch.isfinite(smallest), smallest, self.threshold)
 
     @torch.no_grad()

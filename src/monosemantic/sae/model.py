@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from monosemantic.compute import Compute
+
 
 class Output(NamedTuple):
     x_hat: torch.Tensor
@@ -60,6 +62,11 @@ class Dictionary(nn.Module):
     def options(self) -> dict:
         """The constructor's keyword arguments beyond the shape: saved with the dictionary."""
         return {"coefficient": self.coefficient}
+
+    def share_batches(self, compute: Compute | None, batch_size: int = 0) -> None:
+        """Set by the trainer for a run (None after it): under data parallelism each rank's forward sees its
+        share of a global batch of `batch_size` rows. Only an activation that spans the batch (BatchTopK's)
+        needs to know, to select across the ranks through `compute`."""
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)

@@ -152,6 +152,7 @@ def train_sae(
                 sae.initialize(compute.to_device(sample_inputs(min(cfg.resample_inputs, 32_768), gen)))
             compute.broadcast_([*sae.parameters(), *sae.buffers()])  # every rank starts from rank 0's weights
 
+    sae.share_batches(compute, cfg.batch_size)
     t0, start, finite = time.perf_counter(), state.step, _Finite(compute.device)
     bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train_sae d_sae={sae.d_sae}", unit="step",
                disable=not compute.is_main)
@@ -197,6 +198,7 @@ def train_sae(
         if checkpoint is not None and compute.is_main and at_checkpoint and state.step < cfg.steps:
             _save(checkpoint, sae, opt, gen, state, fingerprint)
     bar.close()
+    sae.share_batches(None)
     return state
 
 
