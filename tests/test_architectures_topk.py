@@ -12,7 +12,7 @@ import torch
 
 from monosemantic.params import BatchTopKParams, MatryoshkaParams, TopKParams
 from monosemantic.sae import ARCHITECTURES, build
-from monosemantic.sae.batchtopk import batch_top_k
+from monosemantic.sae.batchtopk import batch_top_k, spread_batch_top_k
 from monosemantic.sae.export import load_sae, save_sae
 from monosemantic.sae.trainer import TrainConfig, train_sae
 from tests.test_sae_training import Killed, SparseWorld, recovery
@@ -221,17 +221,49 @@ def test_killed_batchtopk_training_resumes_to_identical_weights_and_threshold(tm
     assert timeless(state.history) == timeless(clean_state.history)
 
 
-# ---------------------------------------------------------------- BatchTopK over ranks
-def _spread_run(rank: int, world: int, port: int, arch: str, out: str) -> None:
-    """One rank of a gloo group on 127.0.0.1 (rank -1: one process alone): 12 steps of `arch` on its share
-    of each global batch of 63 rows (31 and 32 on two ranks); saves the weights and θ."""
+# ---------------------------------------------------------------- data parallelism: the global batch
+def _on_ranks(fn, *args) -> None:
+    """fn(rank, compute, *args) on two gloo ranks on 127.0.0.1, each in its own process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(port, fn, *args), nprocs=2, join=True)
+
+
+def _rank(rank: int, port: int, fn, *args) -> None:
     from monosemantic.compute import Compute
 
     torch.set_num_threads(1)
-    if rank >= 0:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    compute = Compute(rank=max(rank, 0), world_size=world if rank >= 0 else 1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        fn(rank, Compute(rank=rank, world_size=2), *args)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _select(rank, compute, pre, k, out):
+    f, smallest = spread_batch_top_k(pre[compute.part(len(pre))], k * len(pre), k, 0.0, compute)
+    torch.save((f, smallest), f"{out}.{rank}")
+
+
+@pytest.mark.parametrize("shift", [0.0, -3.0])  # -3: fewer than k·B entries are positive
+def test_the_ranks_keep_the_global_batch_top_k(tmp_path, shift):
+    """Rows split 31/32 over two ranks: together they keep exactly the one-process selection, and each
+    knows its smallest kept activation (BatchTopK's per-batch θ)."""
+    pre = torch.randn(63, 40, generator=torch.Generator().manual_seed(1)) + shift
+    _on_ranks(_select, pre, 3, str(tmp_path / "f"))
+    (f0, s0), (f1, s1) = (torch.load(tmp_path / f"f.{r}") for r in (0, 1))
+    one = batch_top_k(pre, 3)
+    assert torch.equal(torch.cat([f0, f1]), one) and (one > 0).sum() == min(189, (pre > 0).sum())
+    assert s0 == s1 == one[one > 0].min()
+
+
+def _train(rank, compute, arch, out):
     data = SparseWorld(seed=3)
     batches = data.batches(63)
 
@@ -240,29 +272,28 @@ def _spread_run(rank: int, world: int, port: int, arch: str, out: str) -> None:
             yield rows[compute.part(len(rows))]
 
     torch.manual_seed(0)
-    sae = build(arch, data.d, 48, {"k": 3, "aux_k": 5})
-    train_sae(sae, share, data.sample, TrainConfig(steps=12, lr=1e-2, batch_size=63, l1_warmup_steps=4,
-                                                   log_every=100), compute=compute)
+    sae = build(arch, data.d, 256, {"k": 2, "aux_k": 5})  # 126 of 256 latents fire per batch: some die
+    state = train_sae(sae, share, data.sample, TrainConfig(steps=12, lr=1e-2, batch_size=63, l1_warmup_steps=4,
+                                                           dead_window=2, log_every=1), compute=compute)
     if compute.is_main:
-        torch.save(sae.state_dict(), out)
-    if rank >= 0:
-        torch.distributed.destroy_process_group()
+        torch.save({**sae.state_dict(), **{key: torch.tensor([row[key] for row in state.history])
+                                           for key in ("loss", "penalty")}}, out)
 
 
-@pytest.mark.parametrize("arch", ["batchtopk", "matryoshka"])
-def test_two_ranks_select_the_global_batch_top_k_as_one_process_does(tmp_path, arch):
-    """Each rank holds part of the batch; the k·B largest are the whole batch's, not k·B_rank of each part
-    (per-rank selection moved the weights by ~2 lr after one step), and θ follows the same minima."""
-    import socket
+@pytest.mark.parametrize("arch, weights", [("topk", 1e-5), ("batchtopk", 1e-2), ("matryoshka", 1e-2)])
+def test_two_ranks_train_as_one_process_does(tmp_path, arch, weights):
+    """AuxK (dead latents from step 2) is normalised by the whole batch's residual variance, not each share's,
+    and BatchTopK keeps the whole batch's k·B. Its selection differs from one process's only where rounding
+    (a 31- or 32-row product against a 63-row one) flips an entry at the cut: measured 2e-3 on a weight, θ
+    within 1e-6, the loss within 1e-5; each share's own k·B_rank moved weights by 0.11, θ by 2e-3 and the loss
+    by 1e-2."""
+    from monosemantic.compute import Compute
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    _spread_run(-1, 1, 0, arch, str(tmp_path / "one.pt"))
-    mp.spawn(_spread_run, args=(2, port, arch, str(tmp_path / "two.pt")), nprocs=2, join=True)
+    _train(0, Compute(), arch, tmp_path / "one.pt")
+    _on_ranks(_train, arch, str(tmp_path / "two.pt"))
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
-    assert one["threshold"] > 0 and int(two["threshold_batches"]) == 12
+    assert (one["penalty"] > 0).sum() >= 8  # AuxK was at work
     for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=name)
+        tolerance = {"W_enc": weights, "W_dec": weights, "b_enc": weights, "b_dec": weights, "loss": 1e-4,
+                     "penalty": 1e-4}.get(name, 1e-5)
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=tolerance, msg=name)

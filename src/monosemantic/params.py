@@ -540,10 +540,8 @@ class InterpretParams(_Section):
 # ---------------------------------------------------------------- where torch computes
 class ComputeParams(_Section):
     """Device, precision and processes for every torch stage. Results do not depend on the device or
-    the number of processes beyond floating-point order, so only `precision` is a DVC dependency.
-    The exception: AuxK (the TopK family's loss on dead latents) is normalised by each rank's share of
-    the residual (monosemantic.sae.topk), so those dictionaries change with the number of processes by
-    a little more than rounding once latents die, and DVC does not retrain them for it."""
+    the number of processes beyond floating-point order, so only `precision` is a DVC dependency
+    (what spans the batch spans the ranks: BatchTopK's selection, AuxK's normaliser)."""
 
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
                         description="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N | mps; "

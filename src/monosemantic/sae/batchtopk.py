@@ -95,14 +95,13 @@ class BatchTopK(TopK):
         self.threshold_beta = threshold_beta
         self.register_buffer("threshold", torch.zeros(()))  # θ, inference's JumpReLU threshold
         self.register_buffer("threshold_batches", torch.zeros((), dtype=torch.long))  # batches θ has seen
-        self.spread: tuple[Compute, int] | None = None  # (the ranks, the global batch size) under data parallelism
         self.smallest: torch.Tensor | None = None  # the last spread selection's smallest kept activation
 
     def options(self) -> dict:
         return {**super().options(), "threshold_beta": self.threshold_beta}
 
     def share_batches(self, compute: Compute | None, batch_size: int = 0) -> None:
-        self.spread = (compute, batch_size) if compute is not None and compute.distributed else None
+        super().share_batches(compute, batch_size)
         self.smallest = None
 
     def activation(self, pre: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,8 @@ Differences from the paper:
 - Adam's ε is torch's 1e-8 (theirs 6.25e-10), and there is no weight EMA.
 - The released code also rescales the encoder at initialisation so that random unit inputs
   reconstruct at unit norm; the authors found no clear benefit, and it is omitted.
-- AuxK is computed on this rank's share of the batch under data parallelism (theirs shards
-  the latents instead).
+- Under data parallelism AuxK's normaliser is the global batch's residual variance (one small
+  all-reduce per step while latents are dead); theirs shards the latents instead.
 - Learning rate: params.yaml's 0.01, for a run of thousands of steps (unit-norm decoder rows move by
   about lr per step; README, "Dictionary architectures").
 """
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from monosemantic.compute import Compute
 from monosemantic.sae.model import Dictionary, Output
 
 
@@ -53,6 +54,10 @@ class TopK(Dictionary):
         with torch.no_grad():
             self.W_enc.copy_(self.W_dec.T)  # the decoder's transpose, rows already at unit norm
         self.register_buffer("input_variance", torch.ones(()))  # the main MSE's normaliser, set by `initialize`
+        self.spread: tuple[Compute, int] | None = None  # (the ranks, the global batch size) under data parallelism
+
+    def share_batches(self, compute: Compute | None, batch_size: int = 0) -> None:
+        self.spread = (compute, batch_size) if compute is not None and compute.distributed else None
 
     def options(self) -> dict:
         return {"k": self.k, "aux_k": self.aux_k, "aux_coefficient": self.coefficient}
@@ -77,7 +82,13 @@ class TopK(Dictionary):
         pre = (x - self.b_dec) @ self.W_enc[:, idx] + self.b_enc[idx]  # the dead latents' columns only
         e_hat = top_k(pre, min(self.aux_k or max(1, self.d_in // 2), len(idx))) @ self.W_dec[idx]
         e = (x - x_hat).detach()
-        return ((e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()).nan_to_num(0.0)
+        if self.spread is None:
+            return ((e_hat - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()).nan_to_num(0.0)
+        # The global batch's Σ‖e − ē‖², times this rank's share: the trainer's share-weighted sum is then AuxK.
+        compute, batch_size = self.spread
+        sums = compute.sum_(torch.cat([e.pow(2).sum().view(1), e.sum(0), e.new_full((1,), len(e))]))
+        deviation = sums[0] - sums[1:-1].pow(2).sum() / sums[-1]
+        return ((e_hat - e).pow(2).sum() / (deviation * len(e) / batch_size)).nan_to_num(0.0)
 
     @torch.no_grad()
     def initialize(self, sample: torch.Tensor) -> None:
