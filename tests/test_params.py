@@ -398,6 +398,19 @@ def test_an_absolute_files_root_is_checked_against_the_project_root(tmp_path):
     assert load_params(root(tmp_path / "texts")).corpus.files_root == str(tmp_path / "texts")
 
 
+def test_a_files_root_that_links_into_the_outputs_is_refused(tmp_path):
+    (tmp_path / "data/raw").mkdir(parents=True)
+    (tmp_path / "texts").symlink_to(tmp_path / "data/raw")
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, lambda r: r["corpus"].update(files_root="texts")))
+              .value)
+    assert "corpus.files_root: got 'texts'; lies in data/" in msg, msg
+
+
+def test_a_missing_section_is_named_once(tmp_path):
+    msg = str(pytest.raises(ParamsError, load_params, write(tmp_path, lambda r: r.pop("compute"))).value)
+    assert "compute: required key is missing" in msg and "compute.precision" not in msg, msg
+
+
 @pytest.mark.parametrize("root", ["texts", "texts/pile", "database", "my_data/x", "../shared/texts", "/srv/texts"])
 def test_files_root_of_its_own_is_accepted_whether_or_not_it_exists(tmp_path, root):
     assert load_params(write(tmp_path, lambda r: r["corpus"].update(files_root=root))).corpus.files_root == root

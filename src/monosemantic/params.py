@@ -133,11 +133,12 @@ class CorpusParams(_Section):
 
 
 def _in_project(root: str, project: str | None) -> str | None:
-    """`root` relative to the project root; None if it lies outside, or is absolute and the root unknown."""
-    if os.path.isabs(root):
-        if project is None:
-            return None
-        root = os.path.relpath(os.path.realpath(root), os.path.realpath(project))
+    """`root` relative to the project root, symbolic links resolved where the root is known; None if it
+    lies outside, or is absolute and the root unknown."""
+    if project is not None:
+        root = os.path.relpath(os.path.realpath(os.path.join(project, root)), os.path.realpath(project))
+    elif os.path.isabs(root):
+        return None
     root = os.path.normpath(root)
     return None if root == os.pardir or root.startswith(os.pardir + os.sep) else root
 
@@ -646,7 +647,7 @@ def load_params(path: str | Path = "params.yaml", *, check_resources: bool = Tru
     except ValidationError as e:
         problems = [_describe(err) for err in e.errors()] + [
             f"{key}: required key is missing: dvc.yaml tracks it by name, so write it out (default: "
-            f"{_flow(_schema_default(key))})" for key in unwritten]
+            f"{_flow(_schema_default(key))})" for key in unwritten if key.split(".")[0] in raw]  # else pydantic's
         lines = "\n".join(f"  - {problem}" for problem in problems)
         raise ParamsError(f"{path} is invalid ({len(problems)} problem(s)):\n{lines}") from None
     if unwritten:  # DVC reads these from the file itself: left to the schema's default, it fails mid-pipeline

@@ -148,7 +148,7 @@ def _dictionary_context(d: Dictionary, data: Interpretation | None) -> dict[str,
         ctx["scores"] = svg.distributions(series, lo, 1.0, round((1 - lo) / 0.05), "simulation score (Pearson r)",
                                           f"interpretability scores, {d.name}: features vs neurons")
         features = (d.interp or {}).get("features") or {}
-        control = {k: features[f] for k, f in (("mean_pearson", "control_mean_pearson"), ("scored", "scored"),
+        control = {k: features[f] for k, f in (("mean_pearson", "control_mean_pearson"),
                                                ("mean_spearman", "control_mean_spearman")) if f in features}
         given = {"features": features, "neurons": (d.interp or {}).get("neurons"), "control": control}
         ctx["stats"] = [_stats(name, values, given[name]) for name, values in series.items()]

@@ -43,14 +43,14 @@ def batch_top_k(pre: torch.Tensor, k: int, floor: float = 0.0) -> torch.Tensor:
     return _scatter(pre, *_largest(pre, k * len(pre), k, floor))
 
 
-def spread_batch_top_k(pre: torch.Tensor, n: int, k: int, floor: float, compute: Compute
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def spread_batch_top_k(pre: torch.Tensor, n: int, compute: Compute) -> tuple[torch.Tensor, torch.Tensor]:
     """`batch_top_k` of a global batch whose rows are spread over the ranks, `pre` being this rank's
     share: ReLU of the entries among the n largest of all the ranks' (n = k · the global batch size),
     and the smallest activation kept anywhere (inf if none), the same on every rank. Each rank offers
     its own n largest (no rank can hold more of the global n), so the selection is one process's, at
-    the cost of gathering n values from each rank."""
-    flat, values = _largest(pre, min(n, pre.numel()), k, floor)
+    the cost of gathering n values from each rank. A share holds about 1/world of the n, so the one-process
+    shortcuts (`_largest`) would rarely apply: one top-k, without their host syncs."""
+    values, flat = pre.flatten().topk(min(n, pre.numel()), sorted=False)
     offered = torch.full((n + 1,), -torch.inf, dtype=values.dtype, device=values.device)
     offered[: len(values)] = values.detach()
     offered[n] = torch.where(values > 0, values.detach(), torch.inf).amin()  # kept here if fewer than n are > 0
@@ -61,7 +61,7 @@ def spread_batch_top_k(pre: torch.Tensor, n: int, k: int, floor: float, compute:
 
 
 def _largest(pre: torch.Tensor, n: int, k: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flat indices, values) of the n largest entries of `pre`, most of whose rows keep about k."""
+    """(flat indices, values) of the n = k · len(pre) largest entries of `pre`."""
     if floor > 0:
         candidates = (pre.flatten() > floor).nonzero().squeeze(1)
         if n <= len(candidates) <= 16 * n:
@@ -71,9 +71,6 @@ def _largest(pre: torch.Tensor, n: int, k: int, floor: float) -> tuple[torch.Ten
     # each row's `width` largest, unless some row has all of its candidates among them and so
     # perhaps more; then select among all.
     width = min(pre.shape[1], 4 * k)
-    if n > len(pre) * width:  # more than the rows' candidates hold: all of them
-        values, flat = pre.flatten().topk(n, sorted=False)
-        return flat, values
     row_values, row_indices = pre.topk(width, dim=1, sorted=False)
     values, picked = row_values.flatten().topk(n, sorted=False)
     if width < pre.shape[1] and bool((row_values.amin(1) >= values.min()).any()):
@@ -108,7 +105,7 @@ class BatchTopK(TopK):
         if self.spread is None:
             return batch_top_k(pre, self.k, floor=float(self.threshold) / 2)
         compute, batch_size = self.spread
-        f, self.smallest = spread_batch_top_k(pre, self.k * batch_size, self.k, float(self.threshold) / 2, compute)
+        f, self.smallest = spread_batch_top_k(pre, self.k * batch_size, compute)
         return f
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

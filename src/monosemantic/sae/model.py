@@ -65,8 +65,8 @@ class Dictionary(nn.Module):
 
     def share_batches(self, compute: Compute | None, batch_size: int = 0) -> None:
         """Set by the trainer for a run (None after it): under data parallelism each rank's forward sees its
-        share of a global batch of `batch_size` rows. Only an activation that spans the batch (BatchTopK's)
-        needs to know, to select across the ranks through `compute`."""
+        share of a global batch of `batch_size` rows. Only what spans the batch needs to know (BatchTopK's
+        selection, TopK's AuxK normaliser), to reach across the ranks through `compute`."""
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
