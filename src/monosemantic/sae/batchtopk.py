@@ -40,33 +40,12 @@ def batch_top_k(pre: torch.Tensor, k: int, floor: float = 0.0) -> torch.Tensor:
     `floor` only changes the speed: when at least k · len(pre) entries exceed it, the largest are
     among them, and only they are searched. The trainer passes θ/2: θ follows each batch's smallest
     kept activation, so most batches keep well above it."""
-    return _scatter(pre, *_largest(pre, k * len(pre), k, floor))
-
-
-def spread_batch_top_k(pre: torch.Tensor, n: int, compute: Compute) -> tuple[torch.Tensor, torch.Tensor]:
-    """`batch_top_k` of a global batch whose rows are spread over the ranks, `pre` being this rank's
-    share: ReLU of the entries among the n largest of all the ranks' (n = k · the global batch size),
-    and the smallest activation kept anywhere (inf if none), the same on every rank. Each rank offers
-    its own n largest (no rank can hold more of the global n), so the selection is one process's, at
-    the cost of gathering n values from each rank. A share holds about 1/world of the n, so the one-process
-    shortcuts (`_largest`) would rarely apply: one top-k, without their host syncs."""
-    values, flat = pre.flatten().topk(min(n, pre.numel()), sorted=False)
-    offered = torch.full((n + 1,), -torch.inf, dtype=values.dtype, device=values.device)
-    offered[: len(values)] = values.detach()
-    offered[n] = torch.where(values > 0, values.detach(), torch.inf).amin()  # kept here if fewer than n are > 0
-    everyone = compute.gather(offered)
-    cut = everyone[:, :n].flatten().topk(n, sorted=False).values.amin()
-    smallest = torch.where(cut > 0, cut, everyone[:, n].amin())
-    return _scatter(pre, flat, torch.where(values >= cut, values, 0)), smallest
-
-
-def _largest(pre: torch.Tensor, n: int, k: int, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(flat indices, values) of the n = k · len(pre) largest entries of `pre`."""
+    n = k * len(pre)
     if floor > 0:
         candidates = (pre.flatten() > floor).nonzero().squeeze(1)
         if n <= len(candidates) <= 16 * n:
             values, picked = pre.flatten()[candidates].topk(n, sorted=False)
-            return candidates[picked], values
+            return _scatter(pre, candidates[picked], values)
     # Else (2-3x faster than a top-k over the whole batch on CPU): the batch's n largest lie among
     # each row's `width` largest, unless some row has all of its candidates among them and so
     # perhaps more; then select among all.
@@ -75,8 +54,26 @@ def _largest(pre: torch.Tensor, n: int, k: int, floor: float) -> tuple[torch.Ten
     values, picked = row_values.flatten().topk(n, sorted=False)
     if width < pre.shape[1] and bool((row_values.amin(1) >= values.min()).any()):
         values, flat = pre.flatten().topk(n, sorted=False)
-        return flat, values
-    return picked // width * pre.shape[1] + row_indices.flatten()[picked], values
+    else:
+        flat = picked // width * pre.shape[1] + row_indices.flatten()[picked]
+    return _scatter(pre, flat, values)
+
+
+def spread_batch_top_k(pre: torch.Tensor, n: int, compute: Compute) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_top_k` of a global batch whose rows are spread over the ranks, `pre` being this rank's
+    share: ReLU of the entries among the n largest of all the ranks' (n = k · the global batch size),
+    and the smallest activation kept anywhere (inf if none), the same on every rank. Each rank offers
+    its own n largest (no rank can hold more of the global n), so the selection is one process's, at
+    the cost of gathering n values from each rank. A share holds about 1/world of the n, so the one-process
+    shortcuts (`batch_top_k`'s) would rarely apply: one top-k, without their host syncs."""
+    values, flat = pre.flatten().topk(min(n, pre.numel()), sorted=False)
+    offered = torch.full((n + 1,), -torch.inf, dtype=values.dtype, device=values.device)
+    offered[: len(values)] = values.detach()
+    offered[n] = torch.where(values > 0, values.detach(), torch.inf).amin()  # kept here if fewer than n are > 0
+    everyone = compute.gather(offered)
+    cut = everyone[:, :n].flatten().topk(n, sorted=False).values.amin()
+    smallest = torch.where(cut > 0, cut, everyone[:, n].amin())
+    return _scatter(pre, flat, torch.where(values >= cut, values, 0)), smallest
 
 
 def _scatter(pre: torch.Tensor, flat: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
